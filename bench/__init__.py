@@ -1,0 +1,1 @@
+"""Benchmark harness for Helios (``make bench``); see ``bench/run.py``."""

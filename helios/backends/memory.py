@@ -1,0 +1,153 @@
+"""The FAST backend: bucket state in an in-memory, sharded table.
+
+Each decision is one dict lookup and one store: O(1) whatever the number of
+keys. The table never holds more than ``max_buckets`` buckets. Memory is freed
+only by dropping buckets that hold no information (refilled to full, or whose
+window has passed): a throttled key therefore can never come back with a
+fresh bucket. When the table is full of buckets that still matter, a new key
+is refused with :class:`~helios.errors.CapacityExhausted` and counted; the
+sweeper frees room as buckets go idle.
+
+The table is sharded so that the sweeper can do a bounded amount of work per
+tick (one shard at a time, a few hundred entries at most) and never stall the
+event loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from helios.core.decision import BandQuota, BucketState, Decision, decide, inspect, is_idle
+from helios.core.names import bucket_key
+from helios.core.policy import Policy
+from helios.errors import CapacityExhausted
+
+# Entries per shard the table aims for when it is full: sweeping one shard
+# then takes well under a millisecond.
+_TARGET_SHARD_SIZE = 512
+
+
+@dataclass(frozen=True, slots=True)
+class TableStatistics:
+    buckets: int
+    max_buckets: int
+    shards: int
+    evictions: int
+    refusals: int
+    sweeps: int
+
+
+class BucketTable:
+    """Sharded bucket state for every (tenant, resource) pair in use."""
+
+    def __init__(self, max_buckets: int) -> None:
+        if max_buckets < 1:
+            raise ValueError("max_buckets must be at least 1")
+        shards = 16
+        while shards * _TARGET_SHARD_SIZE < max_buckets:
+            shards *= 2
+        self.max_buckets = max_buckets
+        self._shards: list[dict[str, BucketState]] = [{} for _ in range(shards)]
+        self._mask = shards - 1
+        self._size = 0
+        self._cursor = 0
+        self.evictions = 0
+        self.refusals = 0
+        self.sweeps = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def decide(self, policy: Policy, tenant: str, resource: str, now_ns: int, cost: int) -> Decision:
+        """Decide one request and store the bucket's new state."""
+        key = bucket_key(tenant, resource)
+        shard = self._shards[hash(key) & self._mask]
+        state = shard.get(key)
+        if state is None and self._size >= self.max_buckets:
+            self.refusals += 1
+            raise CapacityExhausted(
+                f"the bucket table is full ({self.max_buckets} buckets that still"
+                " hold counts); new keys are refused until some refill"
+            )
+        decision, new_state = decide(policy, state, now_ns, cost)
+        if new_state is not state:
+            if new_state is None:
+                del shard[key]
+                self._size -= 1
+            else:
+                if state is None:
+                    self._size += 1
+                shard[key] = new_state
+        return decision
+
+    def decide_many(
+        self, requests: list[tuple[Policy, str, str, int]], now_ns: int
+    ) -> list[Decision | CapacityExhausted]:
+        """Decide several requests in order, each on its own."""
+        results: list[Decision | CapacityExhausted] = []
+        for policy, tenant, resource, cost in requests:
+            try:
+                results.append(self.decide(policy, tenant, resource, now_ns, cost))
+            except CapacityExhausted as error:
+                results.append(error)
+        return results
+
+    def peek(
+        self, policy: Policy, tenant: str, resource: str, now_ns: int
+    ) -> tuple[Decision, list[BandQuota]]:
+        """The bucket's current figures, charging nothing: the tightest band, and each band."""
+        key = bucket_key(tenant, resource)
+        state = self._shards[hash(key) & self._mask].get(key)
+        return decide(policy, state, now_ns, 0)[0], inspect(policy, state, now_ns)
+
+    def sweep(self, now_ns: int, budget: int = 1024) -> int:
+        """Drop idle buckets, visiting whole shards up to about ``budget`` entries.
+
+        Returns the number of buckets dropped. Successive calls walk the
+        shards round-robin, so every bucket is looked at once per pass.
+        """
+        dropped = 0
+        visited = 0
+        for _ in range(len(self._shards)):
+            if visited >= budget:
+                break
+            shard = self._shards[self._cursor]
+            self._cursor = (self._cursor + 1) & self._mask
+            visited += len(shard)
+            idle = [key for key, state in shard.items() if is_idle(state, now_ns)]
+            for key in idle:
+                del shard[key]
+            dropped += len(idle)
+        self._size -= dropped
+        self.evictions += dropped
+        self.sweeps += 1
+        return dropped
+
+    def reset(self, tenant: str, resource: str | None = None) -> int:
+        """Forget the counters of a tenant (all its resources, or one)."""
+        if resource is not None:
+            key = bucket_key(tenant, resource)
+            shard = self._shards[hash(key) & self._mask]
+            if shard.pop(key, None) is None:
+                return 0
+            self._size -= 1
+            return 1
+        prefix = f"{len(tenant)}:{tenant}"
+        dropped = 0
+        for shard in self._shards:
+            doomed = [key for key in shard if key.startswith(prefix)]
+            for key in doomed:
+                del shard[key]
+            dropped += len(doomed)
+        self._size -= dropped
+        return dropped
+
+    def statistics(self) -> TableStatistics:
+        return TableStatistics(
+            buckets=self._size,
+            max_buckets=self.max_buckets,
+            shards=len(self._shards),
+            evictions=self.evictions,
+            refusals=self.refusals,
+            sweeps=self.sweeps,
+        )

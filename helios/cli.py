@@ -1,0 +1,127 @@
+"""The ``helios`` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from helios import __version__
+from helios.config import ROLES, Config, load_config, setting_names
+from helios.errors import ConfigError
+from helios.logs import configure_logging
+
+_DESCRIPTION = """\
+Helios answers one question for API gateways and services: may tenant T spend
+COST units of resource R now? Roles: `gateway` decides (HTTP on 8080, metrics
+on 2112); `all` runs the gateway with its embedded policy store, needing no
+Redis and no etcd.
+
+Settings come from --config FILE (TOML), then environment variables
+(HELIOS_<SECTION>_<KEY>, e.g. HELIOS_HTTP_PORT), then flags; later ones win.
+"""
+
+_EPILOG = """\
+examples:
+  HELIOS_ALLOWED_API_KEYS=test-key helios --role all
+  helios --role gateway --config /etc/helios/helios.toml --policies policies.toml
+  helios --role all --set http.port=9000 --set gateway.max_buckets=100000
+
+docs: README.md (settings, API, policy file) and docs/ in the source tree.
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="helios",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--role", choices=ROLES, help="what this process runs (default: all)")
+    parser.add_argument("--config", metavar="FILE", help="TOML configuration file (HELIOS_CONFIG)")
+    parser.add_argument(
+        "--policies", metavar="FILE", help="embedded policy file (HELIOS_POLICY_FILE)"
+    )
+    parser.add_argument("--mode", choices=("fast", "strong"), help="gateway consistency mode")
+    parser.add_argument("--http-host", metavar="HOST", help="data-plane HTTP host")
+    parser.add_argument("--http-port", metavar="PORT", help="data-plane HTTP port")
+    parser.add_argument("--metrics-host", metavar="HOST", help="metrics host")
+    parser.add_argument("--metrics-port", metavar="PORT", help="metrics port")
+    parser.add_argument(
+        "--set",
+        metavar="SECTION.KEY=VALUE",
+        action="append",
+        default=[],
+        help="set any setting, e.g. --set http.idle_timeout_seconds=30 (repeatable)",
+    )
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the effective configuration and exit"
+    )
+    parser.add_argument("--version", action="version", version=f"helios {__version__}")
+    return parser
+
+
+_FLAG_SETTINGS = {
+    "role": "role",
+    "policies": "policies.file",
+    "mode": "gateway.mode",
+    "http_host": "http.host",
+    "http_port": "http.port",
+    "metrics_host": "metrics.host",
+    "metrics_port": "metrics.port",
+}
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, str]:
+    overrides = {
+        setting: getattr(args, flag)
+        for flag, setting in _FLAG_SETTINGS.items()
+        if getattr(args, flag) is not None
+    }
+    known = set(setting_names())
+    for item in args.set:
+        setting, sep, value = item.partition("=")
+        if not sep or setting not in known:
+            raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE with a known setting")
+        overrides[setting] = value
+    return overrides
+
+
+def _print_config(config: Config) -> None:
+    for name in setting_names():
+        section, _, key = name.rpartition(".")
+        value = getattr(getattr(config, section), key) if section else config.role
+        if "api_keys" in key:
+            value = f"<{len(value)} keys>"
+        print(f"{name} = {value!r}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(args.config, overrides=_overrides(args))
+    except ConfigError as error:
+        print(f"helios: configuration error: {error.message}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        _print_config(config)
+        return 0
+    configure_logging(config.log.level, config.log.format)
+
+    from helios.runtime import run
+
+    try:
+        trio.run(run, config)
+    except ConfigError as error:
+        logging.getLogger("helios").error("cannot start: %s", error.message)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    except OSError as error:
+        logging.getLogger("helios").error("cannot start: %s", error)
+        return 1
+    return 0

@@ -1,0 +1,285 @@
+"""The one typed configuration of a Helios process.
+
+Settings come from three places, later ones overriding earlier ones: a TOML
+file (``--config``), environment variables, and command-line flags. Every
+setting ``section.key`` has the environment variable ``HELIOS_SECTION_KEY``
+(for instance ``http.port`` is ``HELIOS_HTTP_PORT``); a few settings also
+answer to established names listed in ``ALIASES``. Unknown keys and unknown
+``HELIOS_*`` variables are errors, as are values of the wrong type or range:
+a typo must never be silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from helios.errors import ConfigError
+
+ROLES = ("gateway", "control", "all")
+MODES = ("fast", "strong")
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(slots=True)
+class GatewaySettings:
+    # fast: buckets in this process's memory; strong: buckets in Redis.
+    mode: str = "fast"
+    # Upper bound of buckets held in memory (FAST mode, and STRONG's local fallback).
+    max_buckets: int = 1_000_000
+    # Global API keys, allowed to act for any tenant. Comma-separated in the environment.
+    allowed_api_keys: list[str] = field(default_factory=list)
+    # Serve decisions without any API key. Only for trusted networks.
+    auth_disabled: bool = False
+    # Seconds to let requests in flight finish after SIGTERM / SIGINT.
+    shutdown_grace_seconds: float = 5.0
+    # Most checks in one batch request.
+    max_batch_checks: int = 1000
+
+
+@dataclass(slots=True)
+class HttpSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    tls_enabled: bool = False
+    cert_path: str = ""
+    key_path: str = ""
+    max_request_line_bytes: int = 8192
+    max_header_bytes: int = 16384
+    max_headers: int = 100
+    max_body_bytes: int = 1_048_576
+    request_timeout_seconds: float = 10.0
+    idle_timeout_seconds: float = 60.0
+
+
+@dataclass(slots=True)
+class GrpcSettings:
+    host: str = "127.0.0.1"
+    port: int = 9080
+
+
+@dataclass(slots=True)
+class MetricsSettings:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 2112
+
+
+@dataclass(slots=True)
+class ControlSettings:
+    http_host: str = "127.0.0.1"
+    http_port: int = 8081
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 9081
+
+
+@dataclass(slots=True)
+class PoliciesSettings:
+    # The embedded policy file; empty means the built-in demo policies.
+    file: str = ""
+
+
+@dataclass(slots=True)
+class LogSettings:
+    level: str = "info"
+    format: str = "text"
+
+
+@dataclass(slots=True)
+class Config:
+    role: str = "all"
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    grpc: GrpcSettings = field(default_factory=GrpcSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    control: ControlSettings = field(default_factory=ControlSettings)
+    policies: PoliciesSettings = field(default_factory=PoliciesSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+
+    def validate(self) -> None:
+        """Check the constraints that span types (choices, ranges, pairs)."""
+        _choice("role", self.role, ROLES)
+        _choice("gateway.mode", self.gateway.mode, MODES)
+        _choice("log.format", self.log.format, LOG_FORMATS)
+        _choice("log.level", self.log.level, LOG_LEVELS)
+        for name in ("http.port", "grpc.port", "metrics.port", "control.http_port",
+                     "control.grpc_port"):
+            port = _get(self, name)
+            if not 0 <= port <= 65535:
+                raise ConfigError(f"{name} must be a port from 0 to 65535, got {port}")
+        for name in ("gateway.max_buckets", "gateway.max_batch_checks",
+                     "http.max_request_line_bytes", "http.max_header_bytes",
+                     "http.max_headers", "http.max_body_bytes"):
+            if _get(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {_get(self, name)}")
+        for name in ("gateway.shutdown_grace_seconds", "http.request_timeout_seconds",
+                     "http.idle_timeout_seconds"):
+            if not _get(self, name) > 0:
+                raise ConfigError(f"{name} must be greater than 0, got {_get(self, name)}")
+        if self.http.tls_enabled and not (self.http.cert_path and self.http.key_path):
+            raise ConfigError(
+                "http.tls_enabled needs http.cert_path and http.key_path"
+                " (GATEWAY_CERT_PATH, GATEWAY_KEY_PATH)"
+            )
+        if any(not key for key in self.gateway.allowed_api_keys):
+            raise ConfigError("gateway.allowed_api_keys must not hold an empty key")
+
+
+# Established environment names, kept working beside the HELIOS_SECTION_KEY ones.
+ALIASES: dict[str, str] = {
+    "HELIOS_ALLOWED_API_KEYS": "gateway.allowed_api_keys",
+    "GATEWAY_CONSISTENCY_MODE": "gateway.mode",
+    "GATEWAY_TLS_ENABLED": "http.tls_enabled",
+    "GATEWAY_CERT_PATH": "http.cert_path",
+    "GATEWAY_KEY_PATH": "http.key_path",
+    "HELIOS_POLICY_FILE": "policies.file",
+    "HELIOS_LOG_FORMAT": "log.format",
+    "HELIOS_LOG_LEVEL": "log.level",
+    "HELIOS_ROLE": "role",
+}
+
+# HELIOS_* variables that are not settings of this process (read by the tools).
+_NOT_SETTINGS = frozenset({"HELIOS_CONFIG", "HELIOS_API_KEY"})
+
+
+def _sections() -> dict[str, type]:
+    hints = get_type_hints(Config)
+    return {name: hint for name, hint in hints.items() if dataclasses.is_dataclass(hint)}
+
+
+def setting_names() -> list[str]:
+    """Every setting as ``section.key`` (``role`` stands alone)."""
+    names = ["role"]
+    for section, cls in _sections().items():
+        names.extend(f"{section}.{f.name}" for f in dataclasses.fields(cls))
+    return names
+
+
+def env_name(setting: str) -> str:
+    return "HELIOS_" + setting.replace(".", "_").upper()
+
+
+def load_config(
+    path: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the configuration from a file, the environment and flag overrides.
+
+    ``overrides`` maps ``section.key`` to the text given on the command line.
+    """
+    environ = os.environ if environ is None else environ
+    config = Config()
+    path = path or environ.get("HELIOS_CONFIG") or None
+    if path:
+        _apply_file(config, Path(path))
+    _apply_environment(config, environ)
+    for setting, text in (overrides or {}).items():
+        _set(config, setting, text, source=f"--{setting}")
+    config.validate()
+    return config
+
+
+def _apply_file(config: Config, path: Path) -> None:
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+    sections = _sections()
+    for key, value in data.items():
+        if key == "role":
+            _set(config, "role", value, source=str(path))
+            continue
+        if key not in sections:
+            raise ConfigError(f"{path}: unknown setting {key!r}")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: [{key}] must be a table")
+        for inner, inner_value in value.items():
+            _set(config, f"{key}.{inner}", inner_value, source=str(path))
+
+
+def _apply_environment(config: Config, environ: Mapping[str, str]) -> None:
+    by_env = {env_name(name): name for name in setting_names()}
+    by_env.update(ALIASES)
+    for variable, text in environ.items():
+        setting = by_env.get(variable)
+        if setting is not None:
+            _set(config, setting, text, source=variable)
+        elif variable.startswith("HELIOS_") and variable not in _NOT_SETTINGS:
+            raise ConfigError(f"unknown environment variable {variable}")
+
+
+def _set(config: Config, setting: str, value: object, *, source: str) -> None:
+    section_name, _, key = setting.rpartition(".")
+    target: Any = getattr(config, section_name) if section_name else config
+    hints = get_type_hints(type(target))
+    if key not in hints or (section_name and section_name not in _sections()):
+        raise ConfigError(f"{source}: unknown setting {setting!r}")
+    setattr(target, key, _convert(value, hints[key], setting, source))
+
+
+def _convert(value: object, hint: Any, setting: str, source: str) -> Any:
+    where = f"{setting} (from {source})"
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off", ""):
+            return False
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().isdigit():
+            return int(value)
+        raise ConfigError(f"{where} must be a whole number, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where} must be a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where} must be a string, got {value!r}")
+    # list[str]: a TOML array, or comma-separated text.
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return list(value)
+    raise ConfigError(f"{where} must be a list of strings, got {value!r}")
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _get(config: Config, setting: str) -> Any:
+    section, _, key = setting.rpartition(".")
+    return getattr(getattr(config, section), key)
+
+
+def describe_settings() -> str:
+    """A table of every setting, its environment variable and default (for docs)."""
+    defaults = Config()
+    lines = []
+    for name in setting_names():
+        aliases = [alias for alias, target in ALIASES.items() if target == name]
+        value = _get(defaults, name) if "." in name else defaults.role
+        lines.append(f"{name}\t{env_name(name)}\t{', '.join(aliases)}\t{value!r}")
+    return "\n".join(lines)

@@ -1,0 +1,184 @@
+"""Deciding a request against a policy and the bucket's current state.
+
+A bucket's state is a tuple ``(policy, band_state, ...)``: the policy object
+that last charged it, then one state per band of that policy. When the policy
+resolved for a request is a different object (the policy changed, or a more
+specific one now matches), the spent units of each old band carry over to the
+matching new band before deciding. A change therefore never refills a bucket.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from helios.core.algorithms import ALGORITHMS
+from helios.core.policy import Band, Policy
+
+BucketState = tuple[Any, ...]
+
+_NS_PER_MS = 1_000_000
+_NS_PER_S = 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The answer to one request, with every figure the API reports.
+
+    ``allowed`` is what the caller is told; ``would_allow`` is what the limit
+    itself said (they differ only for a shadow policy that would have denied).
+    The figures describe the tightest band: the one that denied, or else the
+    one with the fewest units left.
+    """
+
+    allowed: bool
+    would_allow: bool
+    policy: Policy
+    band: Band
+    remaining: int
+    retry_after_ms: int
+    retry_after_seconds: int
+    reset_seconds: int
+    reset_time: int
+
+    @property
+    def shadow(self) -> bool:
+        return self.policy.shadow
+
+    @property
+    def limit(self) -> int:
+        return self.band.limit
+
+
+def decide(
+    policy: Policy, state: BucketState | None, now_ns: int, cost: int
+) -> tuple[Decision, BucketState | None]:
+    """Decide whether ``cost`` units may be spent now.
+
+    Returns the decision and the bucket's new state; the new state is the
+    state passed in (unchanged) when the request is denied or ``cost`` is 0,
+    which only reads the bucket. The caller checks beforehand that ``cost``
+    fits the policy's capacity (:func:`helios.core.policy.validate_cost`).
+    """
+    if state is not None and state[0] is not policy:
+        state = migrate(state, policy, now_ns)
+    check = ALGORITHMS[policy.algorithm].check
+    bands = policy.bands
+
+    if len(bands) == 1:
+        band = bands[0]
+        ok, band_state, remaining, wait_ns, reset_ns = check(
+            band, None if state is None else state[1], now_ns, cost
+        )
+        new_state = (policy, band_state) if ok and cost else state
+        return _decision(policy, band, ok, remaining, wait_ns, reset_ns, now_ns), new_state
+
+    results = [
+        check(band, None if state is None else state[1 + index], now_ns, cost)
+        for index, band in enumerate(bands)
+    ]
+    ok = all(result[0] for result in results)
+    if ok:
+        # Tightest band: the fewest units left; the first one on a tie.
+        index = min(range(len(bands)), key=lambda i: results[i][2])
+        new_state = (policy, *(result[1] for result in results)) if cost else state
+    else:
+        # The request succeeds only once every band can take it, so the wait
+        # is the longest of the bands' waits, and that band is the tightest.
+        index = max(range(len(bands)), key=lambda i: results[i][3])
+        new_state = state
+    _, _, remaining, wait_ns, reset_ns = results[index]
+    return _decision(policy, bands[index], ok, remaining, wait_ns, reset_ns, now_ns), new_state
+
+
+def _decision(
+    policy: Policy,
+    band: Band,
+    ok: bool,
+    remaining: int,
+    wait_ns: int,
+    reset_ns: int,
+    now_ns: int,
+) -> Decision:
+    retry_after_ms = -(-wait_ns // _NS_PER_MS)
+    reset_seconds = -(-reset_ns // _NS_PER_S)
+    return Decision(
+        allowed=ok or policy.shadow,
+        would_allow=ok,
+        policy=policy,
+        band=band,
+        remaining=max(0, remaining),
+        retry_after_ms=retry_after_ms,
+        retry_after_seconds=0 if ok else max(1, -(-retry_after_ms // 1000)),
+        reset_seconds=reset_seconds,
+        reset_time=-(-(now_ns + reset_ns) // _NS_PER_S),
+    )
+
+
+def is_idle(state: BucketState, now_ns: int) -> bool:
+    """True when the bucket holds no information and may be dropped."""
+    policy: Policy = state[0]
+    idle = ALGORITHMS[policy.algorithm].idle
+    return all(idle(band, state[1 + i], now_ns) for i, band in enumerate(policy.bands))
+
+
+def migrate(state: BucketState, policy: Policy, now_ns: int) -> BucketState | None:
+    """Carry a bucket's spent units from the policy that wrote it to ``policy``.
+
+    Each new band takes over the state of the old band with the same window
+    (exactly, when the algorithm is also the same), or else the spent units of
+    the old band whose window is nearest. Spent units are rounded up, so a
+    change never hands out more than the old state allowed.
+    """
+    old: Policy = state[0]
+    old_algorithm = ALGORITHMS[old.algorithm]
+    new_algorithm = ALGORITHMS[policy.algorithm]
+    band_states: list[Any] = []
+    for band in policy.bands:
+        index = min(
+            range(len(old.bands)),
+            key=lambda i: (
+                old.bands[i].calendar != band.calendar,
+                abs(old.bands[i].window_ns - band.window_ns),
+            ),
+        )
+        old_band, old_state = old.bands[index], state[1 + index]
+        if _same_shape(old, old_band, policy, band):
+            band_states.append(old_state)
+            continue
+        units = old_algorithm.spent(old_band, old_state, now_ns)
+        band_states.append(new_algorithm.from_spent(band, units, now_ns))
+    if all(band_state is None for band_state in band_states):
+        return None
+    return (policy, *band_states)
+
+
+def _same_shape(old: Policy, old_band: Band, new: Policy, band: Band) -> bool:
+    """True when the old band's state means the same under the new band."""
+    if old.algorithm != new.algorithm:
+        return False
+    if old_band.window_ns != band.window_ns or old_band.calendar != band.calendar:
+        return False
+    # A token bucket's state is scaled by its limit (see algorithms.py).
+    return new.algorithm != "token_bucket" or old_band.limit == band.limit
+
+
+@dataclass(frozen=True, slots=True)
+class BandQuota:
+    band: Band
+    remaining: int
+    reset_seconds: int
+
+
+def inspect(policy: Policy, state: BucketState | None, now_ns: int) -> list[BandQuota]:
+    """Every band's current figures, charging nothing."""
+    if state is not None and state[0] is not policy:
+        state = migrate(state, policy, now_ns)
+    check = ALGORITHMS[policy.algorithm].check
+    quotas = []
+    for index, band in enumerate(policy.bands):
+        _, _, remaining, _, reset_ns = check(
+            band, None if state is None else state[1 + index], now_ns, 0
+        )
+        quotas.append(BandQuota(band, max(0, remaining), -(-reset_ns // _NS_PER_S)))
+    return quotas

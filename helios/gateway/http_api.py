@@ -1,0 +1,291 @@
+"""The gateway's HTTP API (PRODUCT §4) on the lean HTTP server.
+
+Routing, query and JSON parsing, and rendering of decisions with their
+headers. Decisions themselves come from :class:`~helios.gateway.service.Gateway`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from urllib.parse import unquote, unquote_plus
+
+from helios import __version__
+from helios.core.decision import Decision
+from helios.core.names import coerce_cost, parse_cost
+from helios.core.policy import Policy
+from helios.errors import HeliosError, InvalidRequest, MethodNotAllowed, NotFound
+from helios.gateway.metrics import GatewayMetrics
+from helios.gateway.service import Check, Gateway, Quota
+from helios.server.http import Request, Response
+
+_ALLOW_METHODS = ("GET", "POST", "HEAD")
+_MAX_QUERY_PARAMETERS = 32
+
+
+def error_body(status: int, message: str, field: str | None = None) -> bytes:
+    body: dict[str, object] = {"error": message}
+    if field is not None:
+        body["field"] = field
+    return json.dumps(body, ensure_ascii=False).encode()
+
+
+def parse_query(query: str) -> dict[str, str]:
+    """Decode a query string; a parameter given twice is an error."""
+    params: dict[str, str] = {}
+    if not query:
+        return params
+    parts = query.split("&")
+    if len(parts) > _MAX_QUERY_PARAMETERS:
+        raise InvalidRequest(f"at most {_MAX_QUERY_PARAMETERS} query parameters are accepted")
+    for part in parts:
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        try:
+            if "%" in name or "+" in name:
+                name = unquote_plus(name, errors="strict")
+            if "%" in value or "+" in value:
+                value = unquote_plus(value, errors="strict")
+        except UnicodeDecodeError:
+            raise InvalidRequest("the query string is not valid UTF-8") from None
+        if name in params:
+            raise InvalidRequest(f"{name} is given more than once", field=name)
+        params[name] = value
+    return params
+
+
+def _quote_sf(text: str) -> str:
+    """``text`` as a structured-field string (RFC 8941): printable ASCII, escaped."""
+    cleaned = "".join(c if " " <= c <= "~" else "?" for c in text)
+    return '"' + cleaned.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class HttpApi:
+    """Routes HTTP requests to the gateway service."""
+
+    def __init__(self, gateway: Gateway, metrics: GatewayMetrics, *, max_batch_checks: int) -> None:
+        self.gateway = gateway
+        self.metrics = metrics
+        self.max_batch_checks = max_batch_checks
+        # Per policy object: the quoted name used in the RateLimit headers.
+        self._policy_names: dict[Policy, str] = {}
+
+    async def __call__(self, request: Request) -> Response:
+        started = time.perf_counter()
+        route = "unknown"
+        try:
+            route, response = self._route(request)
+        except HeliosError as error:
+            response = self.error(error)
+        self.metrics.observe(route, response.status, time.perf_counter() - started)
+        return response
+
+    def _route(self, request: Request) -> tuple[str, Response]:
+        path = request.path
+        method = request.method
+        if path in ("/allow", "/api/v1/allow"):
+            _require(method, _ALLOW_METHODS)
+            return path, self.allow(request)
+        if path == "/api/v1/allow/batch":
+            _require(method, ("POST",))
+            return path, self.batch(request)
+        if path.startswith("/api/v1/quota/"):
+            _require(method, ("GET", "HEAD"))
+            return "/api/v1/quota", self.quota(request)
+        if path == "/health":
+            _require(method, ("GET", "HEAD"))
+            return path, self.health()
+        if path == "/ready":
+            _require(method, ("GET", "HEAD"))
+            return path, self.ready()
+        raise NotFound(f"no route for {method} {path}")
+
+    # Endpoints.
+
+    def allow(self, request: Request) -> Response:
+        params = parse_query(request.query)
+        if request.method == "POST" and request.body.strip():
+            document = _json_object(request.body)
+            check = Check(
+                tenant=document.get("tenant"),
+                resource=document.get("resource", "default"),
+                cost=coerce_cost(document.get("cost")),
+            )
+        else:
+            check = Check(
+                tenant=params.get("tenant"),
+                resource=params.get("resource", "default"),
+                cost=parse_cost(params.get("cost")),
+            )
+        decision = self.gateway.allow(check, _api_key(request, params))
+        return self.render_decision(check.tenant, check.resource, decision)
+
+    def batch(self, request: Request) -> Response:
+        params = parse_query(request.query)
+        document = _json_object(request.body)
+        raw_checks = document.get("checks")
+        if not isinstance(raw_checks, list) or not raw_checks:
+            raise InvalidRequest("checks must be a non-empty list", field="checks")
+        if len(raw_checks) > self.max_batch_checks:
+            raise InvalidRequest(
+                f"checks may hold at most {self.max_batch_checks} entries, got {len(raw_checks)}",
+                field="checks",
+            )
+        checks: list[Check | HeliosError] = []
+        for index, raw in enumerate(raw_checks):
+            try:
+                if not isinstance(raw, dict):
+                    raise InvalidRequest(f"checks[{index}] must be an object", field="checks")
+                checks.append(
+                    Check(raw.get("tenant"), raw.get("resource", "default"), coerce_cost(raw.get("cost")))
+                )
+            except HeliosError as error:
+                checks.append(error)
+        api_key = _api_key(request, params)
+        valid = [check for check in checks if isinstance(check, Check)]
+        decided = iter(self.gateway.allow_batch(valid, api_key))
+        results = []
+        for check in checks:
+            outcome = next(decided) if isinstance(check, Check) else check
+            if isinstance(outcome, Decision):
+                assert isinstance(check, Check)
+                entry = self.decision_document(check.tenant, check.resource, outcome)
+                entry["status"] = 200 if outcome.allowed else 429
+            else:
+                entry = {"error": outcome.message, "status": outcome.http_status}
+                if outcome.field is not None:
+                    entry["field"] = outcome.field
+            results.append(entry)
+        body = json.dumps({"results": results}, ensure_ascii=False).encode()
+        return Response(200, body)
+
+    def quota(self, request: Request) -> Response:
+        params = parse_query(request.query)
+        try:
+            tenant = unquote(request.path[len("/api/v1/quota/"):], errors="strict")
+        except UnicodeDecodeError:
+            raise InvalidRequest("the tenant in the path is not valid UTF-8", field="tenant") from None
+        quota = self.gateway.quota(tenant, params.get("resource", "default"), _api_key(request, params))
+        return self.render_quota(quota)
+
+    def health(self) -> Response:
+        gateway = self.gateway
+        body = {"status": "ok", "role": gateway.role, "mode": gateway.mode, "version": __version__}
+        return Response(200, json.dumps(body).encode())
+
+    def ready(self) -> Response:
+        problems = self.gateway.ready_problems()
+        if problems:
+            return Response(503, json.dumps({"status": "not ready", "reasons": problems}).encode())
+        body = {"status": "ready", "policies": len(self.gateway.policies)}
+        return Response(200, json.dumps(body).encode())
+
+    # Rendering.
+
+    def decision_document(self, tenant: object, resource: object, decision: Decision) -> dict[str, object]:
+        document: dict[str, object] = {
+            "allowed": decision.allowed,
+            "tenant": tenant,
+            "resource": resource,
+            "limit": decision.limit,
+            "remaining": decision.remaining,
+            "reset_seconds": decision.reset_seconds,
+            "reset_time": decision.reset_time,
+            "retry_after_seconds": decision.retry_after_seconds,
+            "retry_after_ms": decision.retry_after_ms,
+            "policy": decision.policy.name,
+            "mode": self.gateway.mode,
+        }
+        if decision.shadow:
+            document["shadow"] = True
+            document["would_allow"] = decision.would_allow
+        if not decision.allowed:
+            document["error"] = "rate limit exceeded"
+        return document
+
+    def render_decision(self, tenant: object, resource: object, decision: Decision) -> Response:
+        document = self.decision_document(tenant, resource, decision)
+        body = json.dumps(document, ensure_ascii=False).encode()
+        headers = self._headers(decision)
+        if not decision.allowed:
+            return Response(429, body, headers + b"retry-after: %d\r\n" % decision.retry_after_seconds)
+        return Response(200, body, headers)
+
+    def render_quota(self, quota: Quota) -> Response:
+        decision = quota.decision
+        document = {
+            "tenant": quota.tenant,
+            "resource": quota.resource,
+            "policy": decision.policy.name,
+            "algorithm": decision.policy.algorithm,
+            "limit": decision.limit,
+            "remaining": decision.remaining,
+            "reset_seconds": decision.reset_seconds,
+            "reset_time": decision.reset_time,
+            "shadow": decision.shadow,
+            "mode": self.gateway.mode,
+            "bands": [
+                {
+                    "limit": band.band.limit,
+                    "window": band.band.describe().split("/", 1)[1],
+                    "remaining": band.remaining,
+                    "reset_seconds": band.reset_seconds,
+                }
+                for band in quota.bands
+            ],
+        }
+        body = json.dumps(document, ensure_ascii=False).encode()
+        return Response(200, body, self._headers(decision))
+
+    def _headers(self, decision: Decision) -> bytes:
+        name = self._policy_names.get(decision.policy)
+        if name is None:
+            if len(self._policy_names) > 10_000:
+                self._policy_names.clear()
+            name = self._policy_names[decision.policy] = _quote_sf(decision.policy.name)
+        band = decision.band
+        window = max(1, round(band.window_seconds))
+        t = decision.retry_after_seconds if not decision.allowed else decision.reset_seconds
+        return (
+            f"x-ratelimit-limit: {band.limit}\r\n"
+            f"x-ratelimit-remaining: {decision.remaining}\r\n"
+            f"x-ratelimit-reset: {decision.reset_time}\r\n"
+            f"ratelimit-policy: {name};q={band.limit};w={window}\r\n"
+            f"ratelimit: {name};r={decision.remaining};t={t}\r\n"
+        ).encode()
+
+    def error(self, error: HeliosError) -> Response:
+        headers = b""
+        if isinstance(error, MethodNotAllowed):
+            headers = b"allow: " + ", ".join(error.allowed).encode() + b"\r\n"
+        retry_after = getattr(error, "retry_after_seconds", None)
+        if error.http_status == 503 and retry_after:
+            headers += b"retry-after: %d\r\n" % retry_after
+        return Response(error.http_status, error_body(error.http_status, error.message, error.field), headers)
+
+
+def _require(method: str, allowed: tuple[str, ...]) -> None:
+    if method not in allowed:
+        raise MethodNotAllowed(method, allowed)
+
+
+def _json_object(body: bytes) -> dict[str, object]:
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("the request body is not valid JSON", field="body") from None
+    if not isinstance(document, dict):
+        raise InvalidRequest("the request body must be a JSON object", field="body")
+    return document
+
+
+def _api_key(request: Request, params: dict[str, str]) -> str | None:
+    key = request.header(b"x-api-key")
+    if key is None:
+        authorization = request.header(b"authorization")
+        if authorization is not None and authorization[:7].lower() == b"bearer ":
+            key = authorization[7:].strip()
+    if key is not None:
+        return key.decode("utf-8", "surrogateescape")
+    return params.get("api_key")

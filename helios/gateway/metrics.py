@@ -1,0 +1,135 @@
+"""Prometheus metrics of the gateway.
+
+The hot path only bumps plain integers (a dict entry per route and status,
+and a latency bucket); prometheus-client reads them through a collector at
+scrape time. That keeps the cost per request to a few hundred nanoseconds
+instead of a lock and several label lookups.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterator
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from helios import __version__
+from helios.gateway.service import Gateway
+from helios.server.http import HTTPServer
+
+# Upper bounds of the latency buckets, in seconds: 25 µs to 1 s.
+LATENCY_BUCKETS = (
+    0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+    0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+)
+
+
+class GatewayMetrics:
+    """Counters the HTTP adapter updates per request."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, int], int] = {}
+        self._latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self._latency_sum = 0.0
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        key = (route, status)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        self._latency_counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self._latency_sum += seconds
+
+    def latency(self) -> tuple[list[tuple[str, float]], float]:
+        """Cumulative histogram buckets and the sum, as Prometheus wants them."""
+        buckets = []
+        total = 0
+        for bound, count in zip((*LATENCY_BUCKETS, float("inf")), self._latency_counts):
+            total += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), float(total)))
+        return buckets, self._latency_sum
+
+
+class GatewayCollector(Collector):
+    """Exposes the gateway's statistics at scrape time."""
+
+    def __init__(self, gateway: Gateway, metrics: GatewayMetrics, server: HTTPServer) -> None:
+        self.gateway = gateway
+        self.metrics = metrics
+        self.server = server
+
+    def collect(self) -> Iterator[Metric]:
+        gateway = self.gateway
+        requests = CounterMetricFamily(
+            "helios_requests", "HTTP requests served, by route and status code.",
+            labels=["transport", "route", "code"],
+        )
+        for (route, status), count in sorted(self.metrics.requests.items()):
+            requests.add_metric(["http", route, str(status)], count)
+        yield requests
+
+        limits = CounterMetricFamily(
+            "helios_rate_limits", "Rate-limit decisions, by result.", labels=["result"]
+        )
+        limits.add_metric(["allowed"], gateway.allowed)
+        limits.add_metric(["denied"], gateway.denied)
+        limits.add_metric(["shadow_denied"], gateway.shadow_denied)
+        yield limits
+
+        buckets, total = self.metrics.latency()
+        latency = HistogramMetricFamily(
+            "helios_decision_duration_seconds",
+            "Time to answer a data-plane request, from parsed request to rendered response.",
+        )
+        latency.add_metric([], buckets, total)
+        yield latency
+
+        table = gateway.table.statistics()
+        yield GaugeMetricFamily("helios_buckets", "Buckets held in memory.", value=table.buckets)
+        yield GaugeMetricFamily(
+            "helios_buckets_max", "Configured upper bound of buckets in memory.",
+            value=table.max_buckets,
+        )
+        yield CounterMetricFamily(
+            "helios_bucket_evictions", "Idle buckets dropped to free memory.",
+            value=table.evictions,
+        )
+        yield CounterMetricFamily(
+            "helios_bucket_refusals",
+            "New keys refused because the bucket table was full of buckets in use.",
+            value=table.refusals,
+        )
+        yield GaugeMetricFamily(
+            "helios_policies", "Policies currently loaded.", value=len(gateway.policies)
+        )
+        yield GaugeMetricFamily(
+            "helios_policy_revision", "Revision of the loaded policies.",
+            value=gateway.policies.revision,
+        )
+        yield CounterMetricFamily(
+            "helios_policy_reloads", "Times new policies were applied.",
+            value=gateway.policy_reloads,
+        )
+        yield GaugeMetricFamily(
+            "helios_http_connections", "Open data-plane HTTP connections.",
+            value=self.server.connections,
+        )
+        yield CounterMetricFamily(
+            "helios_http_bad_requests", "Data-plane requests rejected as malformed or too large.",
+            value=self.server.bad_requests,
+        )
+        info = GaugeMetricFamily(
+            "helios_build_info", "Helios version, role and mode.", labels=["version", "role", "mode"]
+        )
+        info.add_metric([__version__, gateway.role, gateway.mode], 1)
+        yield info
+
+
+def make_registry(collector: GatewayCollector) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry

@@ -1,0 +1,184 @@
+"""Process wiring: build the services from the configuration and run them.
+
+A root nursery holds one task per service (data-plane HTTP, metrics, bucket
+sweeper, signal watcher). Each reports ready through ``task_status.started()``
+before the start-up summary is logged; if one fails, the nursery cancels the
+others and the process exits with the error instead of staying half alive.
+
+Shutdown (SIGINT / SIGTERM): the HTTP servers stop accepting and close idle
+connections; requests in flight get ``gateway.shutdown_grace_seconds`` to
+finish; then everything is cancelled and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import ssl
+from dataclasses import dataclass, field
+
+import trio
+
+from helios import __version__
+from helios.backends.memory import BucketTable
+from helios.config import Config
+from helios.gateway.auth import KeyRing
+from helios.gateway.http_api import HttpApi, error_body
+from helios.gateway.metrics import GatewayCollector, GatewayMetrics, make_registry
+from helios.gateway.metrics_http import MetricsApi
+from helios.gateway.service import Clock, Gateway
+from helios.server.http import HTTPServer, Limits
+from helios.store.policy_file import load_policies
+
+log = logging.getLogger("helios")
+
+# How often the sweeper looks for idle buckets, and how many it visits a tick:
+# about a millisecond of work every 50 ms at most.
+SWEEP_INTERVAL_SECONDS = 0.05
+SWEEP_BUDGET = 1024
+
+
+@dataclass
+class Runtime:
+    """The running services of one process (exposed for tests and tools)."""
+
+    config: Config
+    gateway: Gateway | None = None
+    http_servers: list[HTTPServer] = field(default_factory=list)
+    addresses: dict[str, tuple[str, int]] = field(default_factory=dict)
+    stopping: trio.Event = field(default_factory=trio.Event)
+
+
+def build_gateway(config: Config, clock: Clock | None = None) -> tuple[Gateway, str]:
+    policies, source = load_policies(config.policies.file or None)
+    keys = KeyRing(config.gateway.allowed_api_keys, disabled=config.gateway.auth_disabled)
+    table = BucketTable(config.gateway.max_buckets)
+    gateway = Gateway(policies, table, keys, clock or Clock(), role=config.role, mode=config.gateway.mode)
+    return gateway, source
+
+
+def _tls_context(config: Config) -> ssl.SSLContext | None:
+    if not config.http.tls_enabled:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(config.http.cert_path, config.http.key_path)
+    except (OSError, ssl.SSLError) as error:
+        from helios.errors import ConfigError
+
+        raise ConfigError(f"cannot load the TLS certificate or key: {error}") from None
+    return context
+
+
+async def run(
+    config: Config,
+    *,
+    clock: Clock | None = None,
+    task_status: trio.TaskStatus[Runtime] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the process's roles until a signal (or cancellation) stops them."""
+    runtime = Runtime(config)
+    if config.role == "control":
+        from helios.errors import ConfigError
+
+        raise ConfigError(
+            "the control role is not available in this version; run --role gateway or --role all"
+        )
+    if config.gateway.mode == "strong":
+        from helios.errors import ConfigError
+
+        raise ConfigError(
+            "gateway.mode strong (GATEWAY_CONSISTENCY_MODE=strong) is not available in this"
+            " version; use fast"
+        )
+    gateway, source = build_gateway(config, clock)
+    runtime.gateway = gateway
+    tls = _tls_context(config)
+
+    metrics = GatewayMetrics()
+    api = HttpApi(gateway, metrics, max_batch_checks=config.gateway.max_batch_checks)
+    http = config.http
+    limits = Limits(
+        max_request_line_bytes=http.max_request_line_bytes,
+        max_header_bytes=http.max_header_bytes,
+        max_headers=http.max_headers,
+        max_body_bytes=http.max_body_bytes,
+        request_timeout_seconds=http.request_timeout_seconds,
+        idle_timeout_seconds=http.idle_timeout_seconds,
+    )
+    data_plane = HTTPServer(api, limits=limits, error_body=error_body)
+    runtime.http_servers.append(data_plane)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_signals, runtime, nursery.cancel_scope)
+        listeners = await nursery.start(
+            lambda task_status: data_plane.serve(
+                http.host, http.port, ssl_context=tls, task_status=task_status
+            )
+        )
+        runtime.addresses["http"] = listeners[0].socket.getsockname()[:2]
+        if config.metrics.enabled:
+            registry = make_registry(GatewayCollector(gateway, metrics, data_plane))
+            metrics_server = HTTPServer(MetricsApi(registry), limits=Limits(), error_body=error_body)
+            runtime.http_servers.append(metrics_server)
+            listeners = await nursery.start(
+                lambda task_status: metrics_server.serve(
+                    config.metrics.host, config.metrics.port, task_status=task_status
+                )
+            )
+            runtime.addresses["metrics"] = listeners[0].socket.getsockname()[:2]
+        nursery.start_soon(_sweep, gateway)
+        _log_summary(runtime, source, tls is not None)
+        task_status.started(runtime)
+
+
+async def _sweep(gateway: Gateway) -> None:
+    table = gateway.table
+    while True:
+        await trio.sleep(SWEEP_INTERVAL_SECONDS)
+        table.sweep(gateway.clock.now_ns(), SWEEP_BUDGET)
+
+
+async def _watch_signals(runtime: Runtime, root: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("received %s; draining", signal.Signals(signum).name)
+            await shutdown(runtime, root)
+            return
+
+
+async def shutdown(runtime: Runtime, root: trio.CancelScope) -> None:
+    """Stop accepting, let requests in flight finish within the grace period, then stop."""
+    runtime.stopping.set()
+    for server in runtime.http_servers:
+        server.drain()
+    with trio.move_on_after(runtime.config.gateway.shutdown_grace_seconds) as grace:
+        while any(server.connections for server in runtime.http_servers):
+            await trio.sleep(0.01)
+    if grace.cancelled_caught:
+        open_connections = sum(server.connections for server in runtime.http_servers)
+        log.warning("grace period over; closing %d connections", open_connections)
+    log.info("stopped")
+    root.cancel()
+
+
+def _log_summary(runtime: Runtime, source: str, tls: bool) -> None:
+    config = runtime.config
+    gateway = runtime.gateway
+    assert gateway is not None
+    listeners = ", ".join(
+        f"{name} {'https' if tls and name == 'http' else 'http'}://{host}:{port}"
+        for name, (host, port) in runtime.addresses.items()
+    )
+    log.info(
+        "helios %s started: role %s, mode %s, %d policies from %s, max %d buckets; %s",
+        __version__, config.role, gateway.mode, len(gateway.policies), source,
+        config.gateway.max_buckets, listeners,
+    )
+    if gateway.keys.disabled:
+        log.warning("API key checks are disabled (gateway.auth_disabled); use only on a trusted network")
+    elif gateway.keys.empty:
+        log.warning(
+            "no API keys are configured: every decision request will get 401"
+            " (set HELIOS_ALLOWED_API_KEYS)"
+        )

@@ -1,0 +1,403 @@
+"""A lean HTTP/1.1 server on trio and httptools.
+
+The gateway's data plane answers tens of thousands of small requests a second
+on one core; general ASGI servers spend most of that budget on their own
+machinery. This server does only what the data plane needs:
+
+- keep-alive, and pipelined requests answered in order;
+- limits on the request line, the headers and the body (413, 431, 400);
+- a deadline for receiving a whole request once it has begun, and an idle
+  timeout between requests, so a slow client cannot hold a connection;
+- malformed input gets a 400 and the connection is closed;
+- graceful draining: stop accepting, let requests in flight finish.
+
+Error handling: a failure inside one connection (a bad request, a reset, a
+bug in a handler) closes that connection only and is logged; the listener and
+every other connection keep going.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from email.utils import formatdate
+
+import httptools
+import trio
+
+log = logging.getLogger("helios.http")
+
+_REASONS = {
+    200: b"OK", 204: b"No Content", 400: b"Bad Request", 401: b"Unauthorized",
+    403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed",
+    408: b"Request Timeout", 413: b"Content Too Large", 414: b"URI Too Long", 429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
+    503: b"Service Unavailable",
+}
+
+# Errors from accept() that mean "out of resources right now": wait and retry
+# instead of dying (the same set trio's serve_listeners tolerates).
+_ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on what one client may send and how slowly."""
+
+    max_request_line_bytes: int = 8192
+    max_header_bytes: int = 16384
+    max_headers: int = 100
+    max_body_bytes: int = 1_048_576
+    # From a request's first byte until it is complete.
+    request_timeout_seconds: float = 10.0
+    # With no request under way, between requests on a keep-alive connection.
+    idle_timeout_seconds: float = 60.0
+
+
+class Request:
+    """One parsed HTTP request."""
+
+    __slots__ = ("method", "path", "query", "headers", "body", "keep_alive")
+
+    def __init__(self) -> None:
+        self.method = ""
+        self.path = ""
+        self.query = ""
+        # Header names are lower-cased; values are left as sent.
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body = b""
+        self.keep_alive = True
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of a header (``name`` in lower case), or ``None``."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+class Response:
+    """Status, extra header lines and body of one response."""
+
+    __slots__ = ("status", "body", "headers", "content_type")
+
+    def __init__(
+        self,
+        status: int,
+        body: bytes,
+        headers: bytes = b"",
+        content_type: bytes = b"application/json",
+    ) -> None:
+        self.status = status
+        self.body = body
+        # Complete header lines, each ending in CRLF (e.g. b"Retry-After: 1\r\n").
+        self.headers = headers
+        self.content_type = content_type
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+ErrorBody = Callable[[int, str], bytes]
+
+
+class _Date:
+    """The Date header, formatted at most once a second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._line = b""
+
+    def line(self) -> bytes:
+        second = math.floor(trio.current_time())
+        if second != self._second:
+            self._second = second
+            self._line = b"date: " + formatdate(usegmt=True).encode() + b"\r\n"
+        return self._line
+
+
+class _Reject(Exception):
+    """The request cannot be served; answer ``status`` and close."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class HTTPServer:
+    """Serves one handler on one or more listeners; see the module docstring."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        limits: Limits = Limits(),
+        error_body: ErrorBody | None = None,
+        server_name: str = "helios",
+    ) -> None:
+        self.handler = handler
+        self.limits = limits
+        self._error_body = error_body or _plain_error
+        self._server_line = b"server: " + server_name.encode() + b"\r\n"
+        self._date = _Date()
+        self._draining = False
+        self._idle: set[trio.CancelScope] = set()
+        self._accepting = trio.CancelScope()
+        self.connections = 0
+        self.requests = 0
+        self.bad_requests = 0
+
+    async def serve(
+        self,
+        host: str,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen on ``host:port`` and serve until cancelled.
+
+        Reports the open listeners through ``task_status`` (so a caller that
+        asked for port 0 learns the real port).
+        """
+        listeners = await trio.open_tcp_listeners(port, host=host, backlog=1024)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._accept_loop, listeners, ssl_context, nursery)
+            task_status.started(listeners)
+
+    async def _accept_loop(
+        self,
+        listeners: list[trio.SocketListener],
+        ssl_context: ssl.SSLContext | None,
+        nursery: trio.Nursery,
+    ) -> None:
+        with self._accepting:
+            async with trio.open_nursery() as accepting:
+                for listener in listeners:
+                    accepting.start_soon(self._accept, listener, ssl_context, nursery)
+        for listener in listeners:
+            await listener.aclose()
+
+    async def _accept(
+        self,
+        listener: trio.SocketListener,
+        ssl_context: ssl.SSLContext | None,
+        nursery: trio.Nursery,
+    ) -> None:
+        async with listener:
+            while True:
+                try:
+                    stream: trio.abc.Stream = await listener.accept()
+                except OSError as error:
+                    if error.errno in _ACCEPT_CAPACITY_ERRNOS:
+                        log.error("accept failed (%s); pausing 100 ms", error)
+                        await trio.sleep(0.1)
+                        continue
+                    raise
+                if ssl_context is not None:
+                    stream = trio.SSLStream(stream, ssl_context, server_side=True)
+                nursery.start_soon(self._serve_connection, stream)
+
+    def drain(self) -> None:
+        """Stop accepting and close idle connections; busy ones finish first."""
+        self._draining = True
+        self._accepting.cancel()
+        for scope in list(self._idle):
+            scope.cancel()
+
+    async def _serve_connection(self, stream: trio.abc.Stream) -> None:
+        self.connections += 1
+        try:
+            async with stream:
+                await _Connection(self, stream).run()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the client went away; nothing to tell it
+        except Exception:
+            log.exception("connection failed")
+        finally:
+            self.connections -= 1
+
+    def render(self, response: Response, close: bool) -> bytes:
+        """The bytes of one response."""
+        body = response.body
+        return b"".join(
+            (
+                b"HTTP/1.1 %d %s\r\n" % (response.status, _REASONS.get(response.status, b"")),
+                self._server_line,
+                self._date.line(),
+                b"content-type: %s\r\ncontent-length: %d\r\n" % (response.content_type, len(body)),
+                response.headers,
+                b"connection: close\r\n\r\n" if close else b"\r\n",
+                body,
+            )
+        )
+
+    def error_response(self, status: int, message: str) -> Response:
+        return Response(status, self._error_body(status, message))
+
+
+def _plain_error(status: int, message: str) -> bytes:
+    import json
+
+    return json.dumps({"error": message}).encode()
+
+
+class _Connection:
+    """The state of one client connection; httptools calls the ``on_*`` methods."""
+
+    def __init__(self, server: HTTPServer, stream: trio.abc.Stream) -> None:
+        self.server = server
+        self.stream = stream
+        self.limits = server.limits
+        self.parser = httptools.HttpRequestParser(self)
+        self.ready: list[Request] = []
+        self.current: Request | None = None
+        self.url = b""
+        self.header_bytes = 0
+        self.body_parts: list[bytes] = []
+        self.body_bytes = 0
+        self.reject: _Reject | None = None
+
+    # httptools callbacks. They record problems instead of raising: an
+    # exception raised inside a callback would surface as a generic parser
+    # error and lose its status.
+
+    def on_message_begin(self) -> None:
+        self.current = Request()
+        self.url = b""
+        self.header_bytes = 0
+        self.body_parts = []
+        self.body_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        if len(self.url) > self.limits.max_request_line_bytes:
+            self._fail(_Reject(414, "request line too long"))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        request = self.current
+        assert request is not None
+        self.header_bytes += len(name) + len(value) + 4
+        if self.header_bytes > self.limits.max_header_bytes:
+            self._fail(_Reject(431, "request headers too large"))
+        elif len(request.headers) >= self.limits.max_headers:
+            self._fail(_Reject(431, "too many request headers"))
+        else:
+            request.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        request = self.current
+        assert request is not None
+        request.method = self.parser.get_method().decode("ascii", "replace")
+        length = request.header(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limits.max_body_bytes:
+            self._fail(_Reject(413, f"request body larger than {self.limits.max_body_bytes} bytes"))
+
+    def on_body(self, body: bytes) -> None:
+        self.body_bytes += len(body)
+        if self.body_bytes > self.limits.max_body_bytes:
+            self._fail(_Reject(413, f"request body larger than {self.limits.max_body_bytes} bytes"))
+        else:
+            self.body_parts.append(body)
+
+    def on_message_complete(self) -> None:
+        request = self.current
+        assert request is not None
+        self.current = None
+        if self.reject is not None:
+            return
+        try:
+            parsed = httptools.parse_url(self.url)
+        except httptools.HttpParserInvalidURLError:
+            self._fail(_Reject(400, "malformed request target"))
+            return
+        request.path = (parsed.path or b"/").decode("utf-8", "surrogateescape")
+        request.query = (parsed.query or b"").decode("utf-8", "surrogateescape")
+        request.body = b"".join(self.body_parts)
+        request.keep_alive = self.parser.should_keep_alive()
+        self.ready.append(request)
+
+    def _fail(self, reject: _Reject) -> None:
+        if self.reject is None:
+            self.reject = reject
+
+    async def run(self) -> None:
+        server = self.server
+        limits = self.limits
+        deadline = trio.current_time() + limits.idle_timeout_seconds
+        while True:
+            idle = self.current is None
+            with trio.CancelScope(deadline=deadline) as scope:
+                if idle:
+                    if server._draining:
+                        return
+                    server._idle.add(scope)
+                try:
+                    data = await self.stream.receive_some(65536)
+                finally:
+                    server._idle.discard(scope)
+            if scope.cancelled_caught:
+                if not idle:
+                    await self._send_error(408, "request not received in time")
+                return
+            if not data:
+                return
+
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserUpgrade:
+                self._fail(_Reject(400, "protocol upgrades are not supported"))
+            except httptools.HttpParserError as error:
+                if self.reject is None:
+                    self._fail(_Reject(400, f"malformed HTTP request: {error}"))
+
+            if self.ready and not await self._answer_ready():
+                return
+            if self.reject is not None:
+                server.bad_requests += 1
+                await self._send_error(self.reject.status, self.reject.message)
+                return
+
+            now = trio.current_time()
+            if self.current is None:
+                deadline = now + limits.idle_timeout_seconds
+            elif idle or deadline > now + limits.request_timeout_seconds:
+                # A request began in this chunk: it has the request timeout
+                # from now, whatever remained of the idle timeout.
+                deadline = now + limits.request_timeout_seconds
+
+    async def _answer_ready(self) -> bool:
+        """Answer every complete request in order; False once the connection must close."""
+        server = self.server
+        ready, self.ready = self.ready, []
+        out: list[bytes] = []
+        keep_open = True
+        for request in ready:
+            server.requests += 1
+            try:
+                response = await server.handler(request)
+            except Exception:
+                log.exception("handler failed for %s %s", request.method, request.path)
+                response = server.error_response(500, "internal error")
+                request.keep_alive = False
+            if request.method == "HEAD":
+                response = Response(
+                    response.status, b"", response.headers, response.content_type
+                )
+            close = not request.keep_alive or server._draining
+            out.append(server.render(response, close))
+            if close:
+                keep_open = False
+                break
+        await self.stream.send_all(b"".join(out))
+        return keep_open
+
+    async def _send_error(self, status: int, message: str) -> None:
+        response = self.server.error_response(status, message)
+        try:
+            await self.stream.send_all(self.server.render(response, close=True))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass

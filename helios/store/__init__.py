@@ -1,0 +1,3 @@
+"""Where policies come from: the embedded policy file (etcd comes later)."""
+
+from __future__ import annotations

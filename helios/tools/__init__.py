@@ -1,0 +1,3 @@
+"""Small operator and build tools that ship with Helios."""
+
+from __future__ import annotations
