@@ -114,14 +114,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from helios.runtime import run
 
+    log = logging.getLogger("helios")
     try:
         trio.run(run, config)
-    except ConfigError as error:
-        logging.getLogger("helios").error("cannot start: %s", error.message)
-        return 2
-    except KeyboardInterrupt:
-        return 0
-    except OSError as error:
-        logging.getLogger("helios").error("cannot start: %s", error)
-        return 1
+    except BaseException as raised:  # noqa: BLE001 - sorted out just below
+        error = _unwrap(raised)
+        if isinstance(error, KeyboardInterrupt):
+            return 0
+        if isinstance(error, ConfigError):
+            log.error("cannot start: %s", error.message)
+            return 2
+        if isinstance(error, OSError):
+            log.error("stopped: %s", error)
+            return 1
+        raise
     return 0
+
+
+def _unwrap(error: BaseException) -> BaseException:
+    """The single error inside nested one-member exception groups (trio's nurseries)."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error

@@ -21,7 +21,9 @@ _NS_PER_MS = 1_000_000
 _NS_PER_S = 1_000_000_000
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass pays for object.__setattr__ on every field,
+# and a Decision is built on every request. Treat it as immutable all the same.
+@dataclass(slots=True)
 class Decision:
     """The answer to one request, with every figure the API reports.
 

@@ -57,7 +57,9 @@ def check_name(value: object, field: str) -> str:
             f"{field} must be at most {MAX_NAME_LENGTH} characters, got {len(value)}",
             field=field,
         )
-    if not _CONTROL.isdisjoint(value):
+    # isprintable() is a fast C check that passes almost every real name; only
+    # names it rejects need the exact (slower) test for control characters.
+    if not value.isprintable() and not _CONTROL.isdisjoint(value):
         raise InvalidRequest(
             f"{field} must not contain control characters, got {value!r}", field=field
         )

@@ -262,6 +262,9 @@ class _PatternIndex:
                     yield hit
 
 
+_RESOLVE_CACHE_SIZE = 65_536
+
+
 class PolicySet:
     """An immutable collection of policies with most-specific-first lookup."""
 
@@ -269,6 +272,9 @@ class PolicySet:
         self.revision = revision
         self._tenants = _PatternIndex()
         self._policies: list[Policy] = []
+        # Pairs resolved so far. A set is immutable, so entries never go stale;
+        # the cache is emptied when full to keep memory bounded.
+        self._resolved: dict[tuple[str, str], Policy | None] = {}
         for policy in policies:
             resources = self._tenants.get(policy.tenant)
             if resources is None:
@@ -288,6 +294,17 @@ class PolicySet:
 
     def resolve(self, tenant: str, resource: str) -> Policy | None:
         """The most specific policy for this pair, or ``None``."""
+        pair = (tenant, resource)
+        try:
+            return self._resolved[pair]
+        except KeyError:
+            pass
+        if len(self._resolved) >= _RESOLVE_CACHE_SIZE:
+            self._resolved.clear()
+        policy = self._resolved[pair] = self._resolve(tenant, resource)
+        return policy
+
+    def _resolve(self, tenant: str, resource: str) -> Policy | None:
         for resources in self._tenants.matches(tenant):
             assert isinstance(resources, _PatternIndex)
             for policy in resources.matches(resource):

@@ -86,8 +86,8 @@ class Gateway:
         self.policies = policies
         self.policy_reloads += 1
 
-    def resolve(self, tenant: object, resource: object) -> tuple[str, str, Policy]:
-        tenant = check_name(tenant, "tenant")
+    def resolve(self, tenant: str, resource: object) -> tuple[str, str, Policy]:
+        """Find the policy for a pair; ``tenant`` has been checked already."""
         resource = check_name(resource, "resource")
         policy = self.policies.resolve(tenant, resource)
         if policy is None:

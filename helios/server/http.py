@@ -144,7 +144,7 @@ class HTTPServer:
         self._server_line = b"server: " + server_name.encode() + b"\r\n"
         self._date = _Date()
         self._draining = False
-        self._idle: set[trio.CancelScope] = set()
+        self._live: set[_Connection] = set()
         self._accepting = trio.CancelScope()
         self.connections = 0
         self.requests = 0
@@ -205,8 +205,9 @@ class HTTPServer:
         """Stop accepting and close idle connections; busy ones finish first."""
         self._draining = True
         self._accepting.cancel()
-        for scope in list(self._idle):
-            scope.cancel()
+        for connection in list(self._live):
+            if connection.idle:
+                connection.scope.cancel()
 
     async def serve_stream(self, stream: trio.abc.Stream) -> None:
         """Serve one connection until it closes (tests pass in-memory streams)."""
@@ -256,6 +257,11 @@ class _Connection:
         self.parser = httptools.HttpRequestParser(self)
         self.ready: list[Request] = []
         self.current: Request | None = None
+        self.scope = trio.CancelScope()
+        # True while waiting for the first byte of a request: safe to close.
+        self.idle = True
+        # True when requests were answered in this round (their deadline reset).
+        self.answered = False
         self.url = b""
         self.header_bytes = 0
         self.body_parts: list[bytes] = []
@@ -327,23 +333,34 @@ class _Connection:
 
     async def run(self) -> None:
         server = self.server
+        server._live.add(self)
+        try:
+            with trio.CancelScope() as self.scope:
+                await self._loop()
+        finally:
+            server._live.discard(self)
+        if self.scope.cancelled_caught and self.current is not None:
+            # Timed out in the middle of a request (draining only cancels
+            # connections between requests).
+            await self._send_error(408, "request not received in time")
+
+    async def _loop(self) -> None:
+        # One cancel scope serves the whole connection; moving its deadline is
+        # much cheaper than a new scope per read. Its deadline is the idle
+        # timeout between requests, the request timeout once a request has
+        # begun, and the request timeout again while answering (a client that
+        # stops reading cannot hold the connection).
+        server = self.server
         limits = self.limits
-        deadline = trio.current_time() + limits.idle_timeout_seconds
+        scope = self.scope
+        scope.deadline = trio.current_time() + limits.idle_timeout_seconds
         while True:
-            idle = self.current is None
-            with trio.CancelScope(deadline=deadline) as scope:
-                if idle:
-                    if server._draining:
-                        return
-                    server._idle.add(scope)
-                try:
-                    data = await self.stream.receive_some(65536)
-                finally:
-                    server._idle.discard(scope)
-            if scope.cancelled_caught:
-                if not idle:
-                    await self._send_error(408, "request not received in time")
+            began = self.current is None
+            if began and server._draining:
                 return
+            self.idle = began
+            data = await self.stream.receive_some(65536)
+            self.idle = False
             if not data:
                 return
 
@@ -355,25 +372,30 @@ class _Connection:
                 if self.reject is None:
                     self._fail(_Reject(400, f"malformed HTTP request: {error}"))
 
-            if self.ready and not await self._answer_ready():
-                return
+            now = trio.current_time()
+            if self.ready:
+                scope.deadline = now + limits.request_timeout_seconds
+                if not await self._answer_ready():
+                    return
+                now = trio.current_time()
             if self.reject is not None:
                 server.bad_requests += 1
                 await self._send_error(self.reject.status, self.reject.message)
                 return
 
-            now = trio.current_time()
             if self.current is None:
-                deadline = now + limits.idle_timeout_seconds
-            elif idle or deadline > now + limits.request_timeout_seconds:
+                scope.deadline = now + limits.idle_timeout_seconds
+            elif began or self.answered:
                 # A request began in this chunk: it has the request timeout
                 # from now, whatever remained of the idle timeout.
-                deadline = now + limits.request_timeout_seconds
+                scope.deadline = now + limits.request_timeout_seconds
+            self.answered = False
 
     async def _answer_ready(self) -> bool:
         """Answer every complete request in order; False once the connection must close."""
         server = self.server
         ready, self.ready = self.ready, []
+        self.answered = True
         out: list[bytes] = []
         keep_open = True
         for request in ready:
@@ -399,6 +421,8 @@ class _Connection:
     async def _send_error(self, status: int, message: str) -> None:
         response = self.server.error_response(status, message)
         try:
-            await self.stream.send_all(self.server.render(response, close=True))
+            # Bounded: a client that does not read must not hold the connection.
+            with trio.move_on_after(self.limits.request_timeout_seconds):
+                await self.stream.send_all(self.server.render(response, close=True))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
