@@ -76,19 +76,22 @@ _FLAG_SETTINGS = {
 }
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, str]:
-    overrides = {
-        setting: getattr(args, flag)
-        for flag, setting in _FLAG_SETTINGS.items()
-        if getattr(args, flag) is not None
-    }
+def _overrides(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, str]]:
+    """Settings given by flags, and the flag that gave each (for error messages)."""
+    overrides: dict[str, str] = {}
+    sources: dict[str, str] = {}
+    for flag, setting in _FLAG_SETTINGS.items():
+        if getattr(args, flag) is not None:
+            overrides[setting] = getattr(args, flag)
+            sources[setting] = "--" + flag.replace("_", "-")
     known = set(setting_names())
     for item in args.set:
         setting, sep, value = item.partition("=")
         if not sep or setting not in known:
             raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE with a known setting")
         overrides[setting] = value
-    return overrides
+        sources[setting] = f"--set {setting}"
+    return overrides, sources
 
 
 def _print_config(config: Config) -> None:
@@ -103,7 +106,8 @@ def _print_config(config: Config) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        config = load_config(args.config, overrides=_overrides(args))
+        overrides, sources = _overrides(args)
+        config = load_config(args.config, overrides=overrides, sources=sources)
     except ConfigError as error:
         print(f"helios: configuration error: {error.message}", file=sys.stderr)
         return 2

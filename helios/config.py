@@ -169,10 +169,12 @@ def load_config(
     path: str | None = None,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, str] | None = None,
+    sources: Mapping[str, str] | None = None,
 ) -> Config:
     """Build the configuration from a file, the environment and flag overrides.
 
-    ``overrides`` maps ``section.key`` to the text given on the command line.
+    ``overrides`` maps ``section.key`` to the text given on the command line;
+    ``sources`` maps a setting to the flag that gave it, for error messages.
     """
     environ = os.environ if environ is None else environ
     config = Config()
@@ -181,7 +183,8 @@ def load_config(
         _apply_file(config, Path(path))
     _apply_environment(config, environ)
     for setting, text in (overrides or {}).items():
-        _set(config, setting, text, source=f"--{setting}")
+        source = (sources or {}).get(setting, f"--set {setting}")
+        _set(config, setting, text, source=source)
     config.validate()
     return config
 
@@ -240,8 +243,9 @@ def _convert(value: object, hint: Any, setting: str, source: str) -> Any:
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.strip().isdigit():
-            return int(value)
+        text = value.strip() if isinstance(value, str) else ""
+        if text.isascii() and text.isdigit():
+            return int(text)
         raise ConfigError(f"{where} must be a whole number, got {value!r}")
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -13,6 +13,7 @@ finish; then everything is cancelled and the process exits 0.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import ssl
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import trio
 from helios import __version__
 from helios.backends.memory import BucketTable
 from helios.config import Config
+from helios.errors import ConfigError
 from helios.gateway.auth import KeyRing
 from helios.gateway.http_api import HttpApi, error_body
 from helios.gateway.metrics import GatewayCollector, GatewayMetrics, make_registry
@@ -60,13 +62,20 @@ def build_gateway(config: Config, clock: Clock | None = None) -> tuple[Gateway, 
 def _tls_context(config: Config) -> ssl.SSLContext | None:
     if not config.http.tls_enabled:
         return None
+    for setting, path in (
+        ("http.cert_path (GATEWAY_CERT_PATH)", config.http.cert_path),
+        ("http.key_path (GATEWAY_KEY_PATH)", config.http.key_path),
+    ):
+        if not os.path.isfile(path):
+            raise ConfigError(f"{setting}: no such file {path!r}")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
         context.load_cert_chain(config.http.cert_path, config.http.key_path)
     except (OSError, ssl.SSLError) as error:
-        from helios.errors import ConfigError
-
-        raise ConfigError(f"cannot load the TLS certificate or key: {error}") from None
+        raise ConfigError(
+            f"cannot load the TLS certificate {config.http.cert_path!r}"
+            f" with key {config.http.key_path!r}: {error}"
+        ) from None
     return context
 
 
@@ -79,14 +88,10 @@ async def run(
     """Run the process's roles until a signal (or cancellation) stops them."""
     runtime = Runtime(config)
     if config.role == "control":
-        from helios.errors import ConfigError
-
         raise ConfigError(
             "the control role is not available in this version; run --role gateway or --role all"
         )
     if config.gateway.mode == "strong":
-        from helios.errors import ConfigError
-
         raise ConfigError(
             "gateway.mode strong (GATEWAY_CONSISTENCY_MODE=strong) is not available in this"
             " version; use fast"
@@ -113,7 +118,11 @@ async def run(
         nursery.start_soon(_watch_signals, runtime, nursery.cancel_scope)
         listeners = await nursery.start(
             lambda task_status: data_plane.serve(
-                http.host, http.port, ssl_context=tls, task_status=task_status
+                http.host,
+                http.port,
+                ssl_context=tls,
+                setting="http.host, http.port",
+                task_status=task_status,
             )
         )
         runtime.addresses["http"] = listeners[0].socket.getsockname()[:2]
@@ -123,7 +132,10 @@ async def run(
             runtime.http_servers.append(metrics_server)
             listeners = await nursery.start(
                 lambda task_status: metrics_server.serve(
-                    config.metrics.host, config.metrics.port, task_status=task_status
+                    config.metrics.host,
+                    config.metrics.port,
+                    setting="metrics.host, metrics.port",
+                    task_status=task_status,
                 )
             )
             runtime.addresses["metrics"] = listeners[0].socket.getsockname()[:2]

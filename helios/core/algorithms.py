@@ -98,7 +98,9 @@ def _calendar_bounds(unit: str, now_ns: int) -> tuple[int, int]:
     cached = _calendar_cache.get(unit)
     if cached is not None and cached[0] <= now_ns < cached[1]:
         return cached
-    start, end = window_bounds(now_ns / _NS, 0.0, unit)
+    # Whole seconds: calendar boundaries fall on whole seconds, and a float
+    # would round a time just before midnight up to the next day.
+    start, end = window_bounds(now_ns // _NS, 0.0, unit)
     bounds = (round(start) * _NS, round(end) * _NS)
     _calendar_cache[unit] = bounds
     return bounds

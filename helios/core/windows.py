@@ -33,8 +33,13 @@ MIN_WINDOW_SECONDS = 0.001
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
-def parse_window(value: object, *, calendar: bool, field: str) -> tuple[float, str | None]:
+def parse_window(
+    value: object, *, calendar: bool, field: str = "window"
+) -> tuple[float, str | None]:
     """Parse a window into ``(seconds, calendar_unit)``.
+
+    ``field`` is the name used in error messages (for instance
+    ``policies[0].window``); the error's ``field`` is always ``window``.
 
     Accepts a number of seconds, a duration such as ``"500ms"``, ``"10s"``,
     ``"1m"``, ``"1h"``, ``"1d"``, ``"1w"``, or the words ``second``, ``minute``,
@@ -46,24 +51,24 @@ def parse_window(value: object, *, calendar: bool, field: str) -> tuple[float, s
             raise PolicyError(
                 f"{field} must be one of day, week, month, year when calendar = true,"
                 f" got {value!r}",
-                field=field,
+                field="window",
             )
         unit = str(value)
         return float(_NOMINAL_SECONDS[unit]), unit
     seconds = _window_seconds(value, field)
     if not MIN_WINDOW_SECONDS <= seconds <= MAX_WINDOW_SECONDS:
         raise PolicyError(
-            f"{field} must be between 1ms and 10 years, got {value!r}", field=field
+            f"{field} must be between 1ms and 10 years, got {value!r}", field="window"
         )
     return seconds, None
 
 
 def _window_seconds(value: object, field: str) -> float:
     if isinstance(value, bool):
-        raise PolicyError(f"{field} must be a duration, got {value!r}", field=field)
+        raise PolicyError(f"{field} must be a duration, got {value!r}", field="window")
     if isinstance(value, (int, float)):
         if not math.isfinite(value):
-            raise PolicyError(f"{field} must be finite, got {value!r}", field=field)
+            raise PolicyError(f"{field} must be finite, got {value!r}", field="window")
         return float(value)
     if isinstance(value, str):
         if value in _WORD_SECONDS:
@@ -71,7 +76,7 @@ def _window_seconds(value: object, field: str) -> float:
         if value in ("month", "year"):
             raise PolicyError(
                 f"{field} {value!r} needs calendar = true (months and years vary in length)",
-                field=field,
+                field="window",
             )
         match = _DURATION.fullmatch(value)
         if match:
@@ -79,7 +84,7 @@ def _window_seconds(value: object, field: str) -> float:
     raise PolicyError(
         f"{field} must be seconds or a duration like '500ms', '10s', '1m', '1h', '1d',"
         f" '1w', got {value!r}",
-        field=field,
+        field="window",
     )
 
 

@@ -40,8 +40,15 @@ class KeyRing:
 
     def authorize(self, key: str | None, tenant: str) -> None:
         """Raise unless ``key`` may act for ``tenant``."""
+        self.permit(self.identify(key), tenant)
+
+    def identify(self, key: str | None) -> str | None:
+        """Who ``key`` speaks for: a tenant, or ``None`` for every tenant.
+
+        Raises :class:`Unauthenticated` for a missing or unknown key.
+        """
         if self.disabled:
-            return
+            return None
         if not key:
             raise Unauthenticated(
                 "an API key is required (X-API-Key header, Authorization: Bearer,"
@@ -54,11 +61,16 @@ class KeyRing:
             # No early exit: the time taken does not depend on which key matched.
             matched |= hmac.compare_digest(presented, known)
         if matched:
-            return
+            return None
         owner = self._tenant.get(presented)
         if owner is None:
             raise Unauthenticated("unknown API key", field="api_key")
-        if owner != tenant:
+        return owner
+
+    @staticmethod
+    def permit(owner: str | None, tenant: str) -> None:
+        """Raise :class:`PermissionDenied` unless ``owner`` may act for ``tenant``."""
+        if owner is not None and owner != tenant:
             raise PermissionDenied(
                 f"this API key belongs to another tenant, not {tenant!r}", field="api_key"
             )

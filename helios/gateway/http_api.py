@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from urllib.parse import unquote, unquote_plus
 
 from helios import __version__
@@ -20,6 +21,7 @@ from helios.gateway.service import Check, Gateway, Quota
 from helios.server.http import Request, Response
 
 _ALLOW_METHODS = ("GET", "POST", "HEAD")
+
 _MAX_QUERY_PARAMETERS = 32
 
 
@@ -80,33 +82,34 @@ class HttpApi:
 
     async def __call__(self, request: Request) -> Response:
         started = time.perf_counter()
-        route = "unknown"
+        route, endpoint, methods = self._route(request.path)
         try:
-            route, response = self._route(request)
+            if methods is not None and request.method not in methods:
+                raise MethodNotAllowed(request.method, methods)
+            response = endpoint(request)
         except HeliosError as error:
             response = self.error(error)
         self.metrics.observe(route, response.status, time.perf_counter() - started)
         return response
 
-    def _route(self, request: Request) -> tuple[str, Response]:
-        path = request.path
-        method = request.method
+    def _route(
+        self, path: str
+    ) -> tuple[str, Callable[[Request], Response], tuple[str, ...] | None]:
+        """The route label (for metrics), its endpoint, and the methods it accepts.
+
+        Unknown paths accept any method, so that they answer 404 rather than 405.
+        """
         if path in ("/allow", "/api/v1/allow"):
-            _require(method, _ALLOW_METHODS)
-            return path, self.allow(request)
+            return path, self.allow, _ALLOW_METHODS
         if path == "/api/v1/allow/batch":
-            _require(method, ("POST",))
-            return path, self.batch(request)
+            return path, self.batch, ("POST",)
         if path.startswith("/api/v1/quota/"):
-            _require(method, ("GET", "HEAD"))
-            return "/api/v1/quota", self.quota(request)
+            return "/api/v1/quota", self.quota, ("GET", "HEAD")
         if path == "/health":
-            _require(method, ("GET", "HEAD"))
-            return path, self.health()
+            return path, self.health, ("GET", "HEAD")
         if path == "/ready":
-            _require(method, ("GET", "HEAD"))
-            return path, self.ready()
-        raise NotFound(f"no route for {method} {path}")
+            return path, self.ready, ("GET", "HEAD")
+        return "unknown", self.no_route, None
 
     # Endpoints.
 
@@ -177,12 +180,15 @@ class HttpApi:
         quota = self.gateway.quota(tenant, params.get("resource", "default"), _api_key(request, params))
         return self.render_quota(quota)
 
-    def health(self) -> Response:
+    def no_route(self, request: Request) -> Response:
+        raise NotFound(f"no route for {request.method} {request.path}")
+
+    def health(self, request: Request) -> Response:
         gateway = self.gateway
         body = {"status": "ok", "role": gateway.role, "mode": gateway.mode, "version": __version__}
         return Response(200, json.dumps(body).encode())
 
-    def ready(self) -> Response:
+    def ready(self, request: Request) -> Response:
         problems = self.gateway.ready_problems()
         if problems:
             return Response(503, json.dumps({"status": "not ready", "reasons": problems}).encode())
@@ -273,11 +279,6 @@ class HttpApi:
         if error.http_status == 503 and retry_after:
             headers += b"retry-after: %d\r\n" % retry_after
         return Response(error.http_status, error_body(error.http_status, error.message, error.field), headers)
-
-
-def _require(method: str, allowed: tuple[str, ...]) -> None:
-    if method not in allowed:
-        raise MethodNotAllowed(method, allowed)
 
 
 def _json_object(body: bytes) -> dict[str, object]:

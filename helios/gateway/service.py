@@ -33,7 +33,7 @@ class Clock:
         self._offset = epoch_offset_ns
 
     def now_ns(self) -> int:
-        monotonic_ns = int(trio.current_time() * 1e9)
+        monotonic_ns = round(trio.current_time() * 1e9)
         if self._offset is None:
             self._offset = time.time_ns() - monotonic_ns
         return self._offset + monotonic_ns
@@ -99,8 +99,11 @@ class Gateway:
 
     def allow(self, check: Check, api_key: str | None) -> Decision:
         """Decide one check: authorize, validate, then charge or deny."""
+        return self._allow(check, self.keys.identify(api_key))
+
+    def _allow(self, check: Check, owner: str | None) -> Decision:
         tenant = check_name(check.tenant, "tenant")
-        self.keys.authorize(api_key, tenant)
+        self.keys.permit(owner, tenant)
         tenant, resource, policy = self.resolve(tenant, check.resource)
         validate_cost(policy, check.cost)
         decision = self.table.decide(policy, tenant, resource, self.clock.now_ns(), check.cost)
@@ -110,11 +113,15 @@ class Gateway:
     def allow_batch(
         self, checks: list[Check], api_key: str | None
     ) -> list[Decision | HeliosError]:
-        """Decide each check in order, each on its own; an error answers only its check."""
+        """Decide each check in order, each on its own; an error answers only its check.
+
+        A missing or unknown key fails the whole batch.
+        """
+        owner = self.keys.identify(api_key)
         results: list[Decision | HeliosError] = []
         for check in checks:
             try:
-                results.append(self.allow(check, api_key))
+                results.append(self._allow(check, owner))
             except HeliosError as error:
                 results.append(error)
         return results

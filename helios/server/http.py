@@ -156,14 +156,22 @@ class HTTPServer:
         port: int,
         *,
         ssl_context: ssl.SSLContext | None = None,
+        setting: str = "",
         task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Listen on ``host:port`` and serve until cancelled.
 
         Reports the open listeners through ``task_status`` (so a caller that
-        asked for port 0 learns the real port).
+        asked for port 0 learns the real port). ``setting`` names the
+        configuration behind the address, for the error when it cannot be used.
         """
-        listeners = await trio.open_tcp_listeners(port, host=host, backlog=1024)
+        try:
+            listeners = await trio.open_tcp_listeners(port, host=host, backlog=1024)
+        except OSError as error:
+            where = f" (set by {setting})" if setting else ""
+            raise OSError(
+                error.errno, f"cannot listen on {host}:{port}{where}: {error.strerror or error}"
+            ) from None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._accept_loop, listeners, ssl_context, nursery)
             task_status.started(listeners)
@@ -222,8 +230,8 @@ class HTTPServer:
         finally:
             self.connections -= 1
 
-    def render(self, response: Response, close: bool) -> bytes:
-        """The bytes of one response."""
+    def render(self, response: Response, close: bool, *, head: bool = False) -> bytes:
+        """The bytes of one response (without its body when answering HEAD)."""
         body = response.body
         return b"".join(
             (
@@ -233,7 +241,7 @@ class HTTPServer:
                 b"content-type: %s\r\ncontent-length: %d\r\n" % (response.content_type, len(body)),
                 response.headers,
                 b"connection: close\r\n\r\n" if close else b"\r\n",
-                body,
+                b"" if head else body,
             )
         )
 
@@ -262,6 +270,11 @@ class _Connection:
         self.idle = True
         # True when requests were answered in this round (their deadline reset).
         self.answered = False
+        # Bytes received since the last complete request head. httptools holds
+        # an unfinished header line in memory without reporting it, so the
+        # size limit is enforced on what arrives, not only on what it parses.
+        self.head_bytes = 0
+        self.head_limit = server.limits.max_request_line_bytes + server.limits.max_header_bytes
         self.url = b""
         self.header_bytes = 0
         self.body_parts: list[bytes] = []
@@ -296,6 +309,7 @@ class _Connection:
             request.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        self.head_bytes = 0
         request = self.current
         assert request is not None
         request.method = self.parser.get_method().decode("ascii", "replace")
@@ -364,6 +378,8 @@ class _Connection:
             if not data:
                 return
 
+            if self.current is None or not self.current.method:
+                self.head_bytes += len(data)
             try:
                 self.parser.feed_data(data)
             except httptools.HttpParserUpgrade:
@@ -371,6 +387,9 @@ class _Connection:
             except httptools.HttpParserError as error:
                 if self.reject is None:
                     self._fail(_Reject(400, f"malformed HTTP request: {error}"))
+
+            if self.head_bytes > self.head_limit and self.reject is None:
+                self._fail(_Reject(431, "request headers too large"))
 
             now = trio.current_time()
             if self.ready:
@@ -384,7 +403,11 @@ class _Connection:
                 return
 
             if self.current is None:
-                scope.deadline = now + limits.idle_timeout_seconds
+                # Only an answered request restarts the idle timeout: bytes
+                # that begin no request (blank lines) must not keep a
+                # connection open.
+                if self.answered:
+                    scope.deadline = now + limits.idle_timeout_seconds
             elif began or self.answered:
                 # A request began in this chunk: it has the request timeout
                 # from now, whatever remained of the idle timeout.
@@ -406,12 +429,8 @@ class _Connection:
                 log.exception("handler failed for %s %s", request.method, request.path)
                 response = server.error_response(500, "internal error")
                 request.keep_alive = False
-            if request.method == "HEAD":
-                response = Response(
-                    response.status, b"", response.headers, response.content_type
-                )
             close = not request.keep_alive or server._draining
-            out.append(server.render(response, close))
+            out.append(server.render(response, close, head=request.method == "HEAD"))
             if close:
                 keep_open = False
                 break

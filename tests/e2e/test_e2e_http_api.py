@@ -304,12 +304,6 @@ def test_quota_of_an_unused_pair_is_full_and_needs_a_key(client: httpx.Client) -
     assert_error(client.get("/api/v1/quota/nobody?resource=r", headers=KEY), 404)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="helios/server/http.py _answer_ready renders HEAD responses with the body"
-    " dropped first, so they carry content-length: 0 instead of the length a GET would"
-    " have (RFC 9110 §8.6 forbids a different value)",
-)
 def test_head_reports_the_length_of_the_get_body(client: httpx.Client) -> None:
     get = client.get("/health")
     head = client.head("/health")

@@ -101,12 +101,6 @@ def test_metrics_port_serves_only_metrics(helios_factory: Callable[..., HeliosPr
         assert client.get("/metrics").status_code == 404
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="helios/gateway/http_api.py HttpApi.__call__ sets `route` only after _route()"
-    " returns, so a request that fails with an error on /allow (400, 401, 404 no policy) is"
-    ' counted as route="unknown", the same label as a request for no route at all',
-)
 def test_errors_are_counted_under_their_route(
     helios_factory: Callable[..., HeliosProcess],
 ) -> None:

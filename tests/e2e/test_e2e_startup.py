@@ -113,11 +113,6 @@ def test_missing_policy_file(tmp_path: Path) -> None:
     assert_fails_with_one_line(result, str(missing))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="helios/cli.py reports a listener that cannot bind as 'stopped: [Errno 98] Address"
-    " already in use', naming neither the address and port nor the setting (http.port)",
-)
 def test_port_already_in_use_names_the_port() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -128,11 +123,6 @@ def test_port_already_in_use_names_the_port() -> None:
     assert str(port) in line or "http.port" in line, line
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="helios/runtime.py _tls_context reports 'cannot load the TLS certificate or key:"
-    " [Errno 2] No such file or directory' without saying which file or setting",
-)
 def test_missing_tls_certificate_names_the_file(tmp_path: Path) -> None:
     certificate = tmp_path / "missing-cert.pem"
     key = tmp_path / "missing-key.pem"

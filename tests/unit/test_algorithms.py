@@ -190,11 +190,6 @@ def test_calendar_day_resets_exactly_at_utc_midnight() -> None:
     assert (next_day.allowed, next_day.remaining, next_day.reset_seconds) == (True, 1, 86_400)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="calendar bounds are computed from float seconds; within 0.5 µs before"
-    " midnight the window is taken to be the next day",
-)
 def test_calendar_day_boundary_is_exact_on_a_cold_cache() -> None:
     day = policy("fixed_window", limit=1, window="day", calendar=True)
     midnight = utc_ns(2027, 3, 11)

@@ -147,10 +147,6 @@ async def test_fixed_window_denies_until_the_window_ends(
         nursery.cancel_scope.cancel()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Clock.now_ns truncates trio's float time: virtual 1.001 s reads as 1.000999999 s",
-)
 async def test_clock_reads_decimal_virtual_times_to_the_nanosecond(
     mock_clock: trio.testing.MockClock,
 ) -> None:

@@ -202,11 +202,6 @@ def test_bad_window_is_rejected_and_the_message_names_it(window: object) -> None
     assert caught.value.field is not None and caught.value.field.endswith("window")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="window errors carry field 'policy.window' (the message path), where every"
-    " other field error carries the bare field name ('limit', 'burst', ...)",
-)
 def test_bad_window_field_is_the_bare_name_like_other_fields() -> None:
     with pytest.raises(PolicyError) as caught:
         parse_policy(doc("acme", "demo", window="10x"))
