@@ -47,7 +47,7 @@ class BucketTable:
         while shards * _TARGET_SHARD_SIZE < max_buckets:
             shards *= 2
         self.max_buckets = max_buckets
-        self._shards: list[dict[str, BucketState]] = [{} for _ in range(shards)]
+        self._shards: list[dict[bytes, BucketState]] = [{} for _ in range(shards)]
         self._mask = shards - 1
         self._size = 0
         self._cursor = 0
@@ -113,7 +113,9 @@ class BucketTable:
                 break
             shard = self._shards[self._cursor]
             self._cursor = (self._cursor + 1) & self._mask
-            visited += len(shard)
+            # An empty shard costs a visit too, or a large, sparse table
+            # would be walked whole on every tick.
+            visited += len(shard) or 1
             idle = [key for key, state in shard.items() if is_idle(state, now_ns)]
             for key in idle:
                 del shard[key]
@@ -132,7 +134,7 @@ class BucketTable:
                 return 0
             self._size -= 1
             return 1
-        prefix = f"{len(tenant)}:{tenant}"
+        prefix = f"{len(tenant)}:{tenant}".encode("utf-8", "surrogatepass")
         dropped = 0
         for shard in self._shards:
             doomed = [key for key in shard if key.startswith(prefix)]

@@ -102,18 +102,19 @@ def _decision(
     reset_ns: int,
     now_ns: int,
 ) -> Decision:
-    retry_after_ms = -(-wait_ns // _NS_PER_MS)
+    # Positional arguments and no work for the waits of an allowed request:
+    # this runs on every decision.
     reset_seconds = -(-reset_ns // _NS_PER_S)
+    reset_time = -(-(now_ns + reset_ns) // _NS_PER_S)
+    if remaining < 0:
+        remaining = 0
+    if ok:
+        return Decision(True, True, policy, band, remaining, 0, 0, reset_seconds, reset_time)
+    retry_after_ms = -(-wait_ns // _NS_PER_MS)
+    retry_after_seconds = max(1, -(-retry_after_ms // 1000))
     return Decision(
-        allowed=ok or policy.shadow,
-        would_allow=ok,
-        policy=policy,
-        band=band,
-        remaining=max(0, remaining),
-        retry_after_ms=retry_after_ms,
-        retry_after_seconds=0 if ok else max(1, -(-retry_after_ms // 1000)),
-        reset_seconds=reset_seconds,
-        reset_time=-(-(now_ns + reset_ns) // _NS_PER_S),
+        policy.shadow, False, policy, band, remaining, retry_after_ms, retry_after_seconds,
+        reset_seconds, reset_time,
     )
 
 

@@ -66,12 +66,14 @@ def check_name(value: object, field: str) -> str:
     return value
 
 
-def bucket_key(tenant: str, resource: str) -> str:
+def bucket_key(tenant: str, resource: str) -> bytes:
     """The key of the bucket for one (tenant, resource) pair.
 
-    The tenant's length comes first, so the split between tenant and resource
-    is unambiguous whatever characters either holds: tenant ``a:b`` with
-    resource ``c`` gives ``3:a:bc`` and tenant ``a`` with resource ``b:c``
-    gives ``1:ab:c``.
+    The tenant's length (in characters) comes first, so the split between
+    tenant and resource is unambiguous whatever characters either holds:
+    tenant ``a:b`` with resource ``c`` gives ``3:a:bc`` and tenant ``a`` with
+    resource ``b:c`` gives ``1:ab:c``. The text is stored UTF-8 encoded (an
+    injective encoding, so keys stay unique): a bytes object is 16 bytes
+    smaller than the same text as a str, for every bucket in memory.
     """
-    return f"{len(tenant)}:{tenant}{resource}"
+    return f"{len(tenant)}:{tenant}{resource}".encode("utf-8", "surrogatepass")

@@ -77,14 +77,14 @@ class Policy:
     failure_mode: str = "local"
     description: str = ""
 
-    @property
-    def name(self) -> str:
-        return f"{self.tenant}/{self.resource}"
+    # Derived once: both are read on every decision.
+    name: str = field(init=False)
+    # The largest cost every band can take at once.
+    capacity: int = field(init=False)
 
-    @property
-    def capacity(self) -> int:
-        """The largest cost every band can take at once."""
-        return min(band.capacity for band in self.bands)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", f"{self.tenant}/{self.resource}")
+        object.__setattr__(self, "capacity", min(band.capacity for band in self.bands))
 
     def to_dict(self) -> dict[str, object]:
         """The policy in the JSON shape of the API (tenant and resource included)."""
@@ -250,16 +250,30 @@ class _PatternIndex:
             return self.prefixes.get(pattern[:-1])
         return self.exact.get(pattern)
 
-    def matches(self, name: str) -> Iterable[object]:
+    def matches(self, name: str) -> list[object]:
         """Entries matching ``name``, most specific first."""
+        hits = []
         hit = self.exact.get(name)
         if hit is not None:
-            yield hit
+            hits.append(hit)
         for length in self.lengths:
             if length <= len(name):
                 hit = self.prefixes.get(name[:length])
                 if hit is not None:
-                    yield hit
+                    hits.append(hit)
+        return hits
+
+    def first(self, name: str) -> object | None:
+        """The most specific entry matching ``name``."""
+        hit = self.exact.get(name)
+        if hit is not None:
+            return hit
+        for length in self.lengths:
+            if length <= len(name):
+                hit = self.prefixes.get(name[:length])
+                if hit is not None:
+                    return hit
+        return None
 
 
 _RESOLVE_CACHE_SIZE = 65_536
@@ -306,8 +320,8 @@ class PolicySet:
 
     def _resolve(self, tenant: str, resource: str) -> Policy | None:
         for resources in self._tenants.matches(tenant):
-            assert isinstance(resources, _PatternIndex)
-            for policy in resources.matches(resource):
+            policy = resources.first(resource)  # type: ignore[attr-defined]
+            if policy is not None:
                 assert isinstance(policy, Policy)
                 return policy
         return None

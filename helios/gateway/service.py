@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import trio
 
@@ -39,9 +40,11 @@ class Clock:
         return self._offset + monotonic_ns
 
 
-@dataclass(frozen=True, slots=True)
-class Check:
-    """One request for a decision, as a transport received it."""
+class Check(NamedTuple):
+    """One request for a decision, as a transport received it.
+
+    A named tuple rather than a frozen dataclass: one is built per request.
+    """
 
     tenant: object
     resource: object
