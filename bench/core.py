@@ -38,7 +38,9 @@ def _gateway(policies: PolicySet, max_buckets: int) -> Gateway:
 
 
 def _catch_all() -> PolicySet:
-    return PolicySet([parse_policy({"tenant": "*", "resource": "*", "limit": 10**9, "window": "1s"})])
+    return PolicySet(
+        [parse_policy({"tenant": "*", "resource": "*", "limit": 10**9, "window": "1s"})]
+    )
 
 
 def memory_per_key(keys: int) -> float:
@@ -93,7 +95,12 @@ def key_growth(large: int, calls: int, passes: int) -> tuple[float, float]:
 def policy_growth(count: int, calls: int, passes: int) -> tuple[float, float]:
     one = _gateway(_catch_all(), 100_000)
     documents = [
-        {"tenant": f"tenant-{index}", "resource": f"res-{index % 7}*", "limit": 10**9, "window": "1s"}
+        {
+            "tenant": f"tenant-{index}",
+            "resource": f"res-{index % 7}*",
+            "limit": 10**9,
+            "window": "1s",
+        }
         for index in range(count)
     ]
     documents.append({"tenant": "*", "resource": "*", "limit": 10**9, "window": "1s"})
@@ -120,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         ("memory per active key", f"{per_key:.0f} B", "<= 200 B", per_key <= 200),
         (
             f"decision, 1 key -> {args.keys:,} keys",
-            f"{small_keys / 1000:.2f} -> {large_keys / 1000:.2f} us ({large_keys / small_keys:.2f}x)",
+            f"{small_keys / 1000:.2f} -> {large_keys / 1000:.2f} us"
+            f" ({large_keys / small_keys:.2f}x)",
             "<= 1.5x",
             large_keys / small_keys <= 1.5,
         ),

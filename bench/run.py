@@ -28,6 +28,7 @@ line; ``{python}`` and ``{port}`` in it are substituted, e.g.::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -61,11 +62,7 @@ STOP_TIMEOUT = 10.0
 RATIO_BAR = 10.0
 P99_BAR_MS = 10.0
 DEFAULT_HELIOS_CMD = "{python} -m helios --role gateway --policies " + POLICIES
-BARE_CMD = (
-    "{python} -m hypercorn --worker-class trio --bind "
-    + HOST
-    + ":{port} bench.bare_app:app"
-)
+BARE_CMD = "{python} -m hypercorn --worker-class trio --bind " + HOST + ":{port} bench.bare_app:app"
 # hypercorn's access log is off unless --access-logfile/--access-log is given,
 # so BARE_CMD deliberately passes neither (no per-request logging cost).
 
@@ -99,9 +96,7 @@ _LATENCY_RE = r"^\s*{pct}%\s+([0-9.]+)(us|ms|s|m|h)\s*$"
 _RPS_RE = re.compile(r"^Requests/sec:\s+([0-9.]+)", re.M)
 _REQUESTS_RE = re.compile(r"^\s*(\d+) requests in ", re.M)
 _NON2XX_RE = re.compile(r"^\s*Non-2xx or 3xx responses:\s+(\d+)", re.M)
-_SOCKERR_RE = re.compile(
-    r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)"
-)
+_SOCKERR_RE = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
 
 
 def _latency_ms(output: str, pct: int) -> float:
@@ -166,9 +161,7 @@ def run_wrk(cmd: Sequence[str], duration: int) -> WrkResult:
     except subprocess.TimeoutExpired as exc:
         raise BenchError(f"wrk did not finish in {duration + 30} s") from exc
     if proc.returncode != 0:
-        raise BenchError(
-            f"wrk exited with status {proc.returncode}:\n{proc.stdout}{proc.stderr}"
-        )
+        raise BenchError(f"wrk exited with status {proc.returncode}:\n{proc.stdout}{proc.stderr}")
     return parse_wrk(proc.stdout)
 
 
@@ -214,7 +207,7 @@ class Server:
 
     def start(self) -> None:
         """Start the process, logging stdout/stderr to a file."""
-        self._log = open(self.log_path, "wb")
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             self.command,
             cwd=REPO_ROOT,
@@ -239,8 +232,7 @@ class Server:
         code = self.proc.poll()
         if code is not None:
             raise BenchError(
-                f"{self.name} server exited with status {code}; last output:\n"
-                f"{self.log_tail()}"
+                f"{self.name} server exited with status {code}; last output:\n{self.log_tail()}"
             )
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
@@ -274,10 +266,8 @@ class Server:
             except subprocess.TimeoutExpired:
                 print(f"  {self.name}: no exit {timeout:.0f} s after SIGTERM, killing")
         # Reap anything left in the session we created (e.g. hypercorn workers).
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         proc.wait()
         if self._log is not None:
             self._log.close()
@@ -320,11 +310,7 @@ def summarise(target: str, results: list[WrkResult]) -> Summary:
 
 def format_table(bare: Summary, helios: Summary) -> str:
     """The results table, medians over the rounds."""
-    ratio = (
-        helios.requests_per_sec / bare.requests_per_sec
-        if bare.requests_per_sec
-        else 0.0
-    )
+    ratio = helios.requests_per_sec / bare.requests_per_sec if bare.requests_per_sec else 0.0
     header = (
         f"{'target':<8} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
         f"{'helios/bare':>11} {'non-2xx':>8} {'sock err':>8}"
@@ -341,11 +327,7 @@ def format_table(bare: Summary, helios: Summary) -> str:
 
 def verdict(bare: Summary, helios: Summary) -> tuple[str, dict[str, Any]]:
     """The verdict line against the bars, and its machine-readable form."""
-    ratio = (
-        helios.requests_per_sec / bare.requests_per_sec
-        if bare.requests_per_sec
-        else 0.0
-    )
+    ratio = helios.requests_per_sec / bare.requests_per_sec if bare.requests_per_sec else 0.0
     ratio_ok = ratio >= RATIO_BAR
     p99_ok = helios.p99_ms <= P99_BAR_MS
     passed = ratio_ok and p99_ok
@@ -375,12 +357,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Benchmark Helios /allow against a bare hypercorn-trio app."
     )
-    parser.add_argument(
-        "--duration", type=int, default=10, help="seconds per round (default 10)"
-    )
-    parser.add_argument(
-        "--rounds", type=int, default=3, help="rounds per target (default 3)"
-    )
+    parser.add_argument("--duration", type=int, default=10, help="seconds per round (default 10)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per target (default 3)")
     parser.add_argument(
         "--connections",
         type=int,
@@ -392,12 +370,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=sys.executable,
         help="interpreter used to start the servers (default: this one)",
     )
-    parser.add_argument(
-        "--json", metavar="FILE", type=Path, help="also write results to FILE"
-    )
-    parser.add_argument(
-        "--helios-cmd", default=DEFAULT_HELIOS_CMD, help=argparse.SUPPRESS
-    )
+    parser.add_argument("--json", metavar="FILE", type=Path, help="also write results to FILE")
+    parser.add_argument("--helios-cmd", default=DEFAULT_HELIOS_CMD, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     for name in ("duration", "rounds", "connections"):
         if getattr(args, name) < 1:
@@ -409,9 +383,7 @@ def check_prerequisites() -> None:
     """Make sure wrk, taskset and the two pinned cores are available."""
     for tool in ("wrk", "taskset"):
         if shutil.which(tool) is None:
-            raise BenchError(
-                f"'{tool}' not found on PATH (Debian: apt-get install {tool})"
-            )
+            raise BenchError(f"'{tool}' not found on PATH (Debian: apt-get install {tool})")
     allowed = os.sched_getaffinity(0)
     missing = {SERVER_CPU, WRK_CPU} - allowed
     if missing:
@@ -424,9 +396,7 @@ def check_prerequisites() -> None:
 def build_servers(args: argparse.Namespace, log_dir: Path) -> tuple[Server, Server]:
     """The bare and Helios servers, on fresh free ports (not yet started)."""
     bare_port = free_port()
-    bare = Server(
-        "bare", split_cmd(BARE_CMD, args.python, bare_port), bare_port, {}, log_dir
-    )
+    bare = Server("bare", split_cmd(BARE_CMD, args.python, bare_port), bare_port, {}, log_dir)
     http_port = free_port()
     helios_env = {
         "HELIOS_ALLOWED_API_KEYS": API_KEY,
@@ -451,10 +421,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the whole benchmark; return the exit status."""
     check_prerequisites()
     nproc = os.cpu_count() or 0
-    print(
-        f"Helios benchmark -- nproc: {nproc}; servers on CPU {SERVER_CPU}, "
-        f"wrk on CPU {WRK_CPU}"
-    )
+    print(f"Helios benchmark -- nproc: {nproc}; servers on CPU {SERVER_CPU}, wrk on CPU {WRK_CPU}")
     print(
         "Figures on a shared machine are noisy: each target runs "
         f"{args.rounds} alternating round(s) of {args.duration} s "
@@ -531,15 +498,11 @@ def run(args: argparse.Namespace) -> int:
             "commands": {
                 s.name: {
                     "server": s.describe(),
-                    "wrk": shlex.join(
-                        wrk_command(s.port, args.duration, args.connections)
-                    ),
+                    "wrk": shlex.join(wrk_command(s.port, args.duration, args.connections)),
                 }
                 for s in servers
             },
-            "rounds_raw": {
-                name: [asdict(r) for r in rs] for name, rs in results.items()
-            },
+            "rounds_raw": {name: [asdict(r) for r in rs] for name, rs in results.items()},
             "median": {s.target: asdict(s) for s in (bare_sum, helios_sum)},
             "verdict": {**verdict_data, "line": line},
         }

@@ -121,15 +121,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = logging.getLogger("helios")
     try:
         trio.run(run, config)
-    except BaseException as raised:  # noqa: BLE001 - sorted out just below
-        error = _unwrap(raised)
-        if isinstance(error, KeyboardInterrupt):
+    except BaseException as raised:
+        cause = _unwrap(raised)
+        if isinstance(cause, KeyboardInterrupt):
             return 0
-        if isinstance(error, ConfigError):
-            log.error("cannot start: %s", error.message)
+        if isinstance(cause, ConfigError):
+            log.error("cannot start: %s", cause.message)
             return 2
-        if isinstance(error, OSError):
-            log.error("stopped: %s", error)
+        if isinstance(cause, OSError):
+            log.error("stopped: %s", cause)
             return 1
         raise
     return 0

@@ -108,18 +108,31 @@ class Config:
         _choice("gateway.mode", self.gateway.mode, MODES)
         _choice("log.format", self.log.format, LOG_FORMATS)
         _choice("log.level", self.log.level, LOG_LEVELS)
-        for name in ("http.port", "grpc.port", "metrics.port", "control.http_port",
-                     "control.grpc_port"):
+        for name in (
+            "http.port",
+            "grpc.port",
+            "metrics.port",
+            "control.http_port",
+            "control.grpc_port",
+        ):
             port = _get(self, name)
             if not 0 <= port <= 65535:
                 raise ConfigError(f"{name} must be a port from 0 to 65535, got {port}")
-        for name in ("gateway.max_buckets", "gateway.max_batch_checks",
-                     "http.max_request_line_bytes", "http.max_header_bytes",
-                     "http.max_headers", "http.max_body_bytes"):
+        for name in (
+            "gateway.max_buckets",
+            "gateway.max_batch_checks",
+            "http.max_request_line_bytes",
+            "http.max_header_bytes",
+            "http.max_headers",
+            "http.max_body_bytes",
+        ):
             if _get(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {_get(self, name)}")
-        for name in ("gateway.shutdown_grace_seconds", "http.request_timeout_seconds",
-                     "http.idle_timeout_seconds"):
+        for name in (
+            "gateway.shutdown_grace_seconds",
+            "http.request_timeout_seconds",
+            "http.idle_timeout_seconds",
+        ):
             if not _get(self, name) > 0:
                 raise ConfigError(f"{name} must be greater than 0, got {_get(self, name)}")
         if self.http.tls_enabled and not (self.http.cert_path and self.http.key_path):
@@ -150,7 +163,11 @@ _NOT_SETTINGS = frozenset({"HELIOS_CONFIG", "HELIOS_API_KEY"})
 
 def _sections() -> dict[str, type]:
     hints = get_type_hints(Config)
-    return {name: hint for name, hint in hints.items() if dataclasses.is_dataclass(hint)}
+    return {
+        name: hint
+        for name, hint in hints.items()
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint)
+    }
 
 
 def setting_names() -> list[str]:

@@ -55,7 +55,9 @@ def build_gateway(config: Config, clock: Clock | None = None) -> tuple[Gateway, 
     policies, source = load_policies(config.policies.file or None)
     keys = KeyRing(config.gateway.allowed_api_keys, disabled=config.gateway.auth_disabled)
     table = BucketTable(config.gateway.max_buckets)
-    gateway = Gateway(policies, table, keys, clock or Clock(), role=config.role, mode=config.gateway.mode)
+    gateway = Gateway(
+        policies, table, keys, clock or Clock(), role=config.role, mode=config.gateway.mode
+    )
     return gateway, source
 
 
@@ -128,7 +130,9 @@ async def run(
         runtime.addresses["http"] = listeners[0].socket.getsockname()[:2]
         if config.metrics.enabled:
             registry = make_registry(GatewayCollector(gateway, metrics, data_plane))
-            metrics_server = HTTPServer(MetricsApi(registry), limits=Limits(), error_body=error_body)
+            metrics_server = HTTPServer(
+                MetricsApi(registry), limits=Limits(), error_body=error_body
+            )
             runtime.http_servers.append(metrics_server)
             listeners = await nursery.start(
                 lambda task_status: metrics_server.serve(
@@ -165,8 +169,8 @@ async def shutdown(runtime: Runtime, root: trio.CancelScope) -> None:
     for server in runtime.http_servers:
         server.drain()
     with trio.move_on_after(runtime.config.gateway.shutdown_grace_seconds) as grace:
-        while any(server.connections for server in runtime.http_servers):
-            await trio.sleep(0.01)
+        for server in runtime.http_servers:
+            await server.wait_closed()
     if grace.cancelled_caught:
         open_connections = sum(server.connections for server in runtime.http_servers)
         log.warning("grace period over; closing %d connections", open_connections)
@@ -184,11 +188,18 @@ def _log_summary(runtime: Runtime, source: str, tls: bool) -> None:
     )
     log.info(
         "helios %s started: role %s, mode %s, %d policies from %s, max %d buckets; %s",
-        __version__, config.role, gateway.mode, len(gateway.policies), source,
-        config.gateway.max_buckets, listeners,
+        __version__,
+        config.role,
+        gateway.mode,
+        len(gateway.policies),
+        source,
+        config.gateway.max_buckets,
+        listeners,
     )
     if gateway.keys.disabled:
-        log.warning("API key checks are disabled (gateway.auth_disabled); use only on a trusted network")
+        log.warning(
+            "API key checks are disabled (gateway.auth_disabled); use only on a trusted network"
+        )
     elif gateway.keys.empty:
         log.warning(
             "no API keys are configured: every decision request will get 401"

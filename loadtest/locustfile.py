@@ -157,17 +157,13 @@ def _body_error(resp: ResponseContextManager, batch_size: int | None) -> str | N
         return "batch answer is not a JSON object"
     # The contract fixes "one decision each, in order" but not the key that holds
     # them; accept the usual names.
-    decisions = next(
-        (body[key] for key in ("results", "decisions") if key in body), None
-    )
+    decisions = next((body[key] for key in ("results", "decisions") if key in body), None)
     if decisions is None:
         return None
     if not isinstance(decisions, list) or len(decisions) != batch_size:
         return f"expected {batch_size} decisions"
     for decision in decisions:
-        if not isinstance(decision, dict) or not isinstance(
-            decision.get("allowed"), bool
-        ):
+        if not isinstance(decision, dict) or not isinstance(decision.get("allowed"), bool):
             return "a batch decision has no boolean 'allowed'"
     return None
 

@@ -58,7 +58,9 @@ class BucketTable:
     def __len__(self) -> int:
         return self._size
 
-    def decide(self, policy: Policy, tenant: str, resource: str, now_ns: int, cost: int) -> Decision:
+    def decide(
+        self, policy: Policy, tenant: str, resource: str, now_ns: int, cost: int
+    ) -> Decision:
         """Decide one request and store the bucket's new state."""
         key = bucket_key(tenant, resource)
         shard = self._shards[hash(key) & self._mask]

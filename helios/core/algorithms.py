@@ -204,7 +204,5 @@ class Algorithm(NamedTuple):
 ALGORITHMS: dict[str, Algorithm] = {
     "token_bucket": Algorithm("token_bucket", _tb_check, _tb_idle, _tb_spent, _tb_from_spent),
     "fixed_window": Algorithm("fixed_window", _fw_check, _fw_idle, _fw_spent, _fw_from_spent),
-    "sliding_window": Algorithm(
-        "sliding_window", _sw_check, _sw_idle, _sw_spent, _sw_from_spent
-    ),
+    "sliding_window": Algorithm("sliding_window", _sw_check, _sw_idle, _sw_spent, _sw_from_spent),
 }

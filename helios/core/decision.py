@@ -113,8 +113,15 @@ def _decision(
     retry_after_ms = -(-wait_ns // _NS_PER_MS)
     retry_after_seconds = max(1, -(-retry_after_ms // 1000))
     return Decision(
-        policy.shadow, False, policy, band, remaining, retry_after_ms, retry_after_seconds,
-        reset_seconds, reset_time,
+        policy.shadow,
+        False,
+        policy,
+        band,
+        remaining,
+        retry_after_ms,
+        retry_after_seconds,
+        reset_seconds,
+        reset_time,
     )
 
 

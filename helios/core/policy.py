@@ -10,10 +10,9 @@ matches, resolution falls back to the next tenant entry.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from helios.core.names import MAX_COST
 from helios.core.windows import format_window, parse_window
 from helios.errors import InvalidRequest, PolicyError
 
@@ -26,8 +25,17 @@ MAX_LIMIT = 1_000_000_000_000
 
 _POLICY_KEYS = frozenset(
     {
-        "tenant", "resource", "algorithm", "limit", "window", "burst", "calendar",
-        "bands", "shadow", "failure_mode", "description",
+        "tenant",
+        "resource",
+        "algorithm",
+        "limit",
+        "window",
+        "burst",
+        "calendar",
+        "bands",
+        "shadow",
+        "failure_mode",
+        "description",
     }
 )
 _BAND_KEYS = frozenset({"limit", "window", "burst", "calendar"})
@@ -112,9 +120,7 @@ class Policy:
         return result
 
 
-def parse_policy(
-    data: Mapping[str, object], *, where: str = "policy"
-) -> Policy:
+def parse_policy(data: Mapping[str, object], *, where: str = "policy") -> Policy:
     """Build a :class:`Policy` from its document form (TOML table or JSON object).
 
     Errors name the offending field, prefixed with ``where`` (for instance
@@ -159,8 +165,7 @@ def parse_policy(
     failure_mode = data.get("failure_mode", "local")
     if failure_mode not in FAILURE_MODES:
         raise PolicyError(
-            f"{where}.failure_mode must be one of {', '.join(FAILURE_MODES)},"
-            f" got {failure_mode!r}",
+            f"{where}.failure_mode must be one of {', '.join(FAILURE_MODES)}, got {failure_mode!r}",
             field="failure_mode",
         )
     assert isinstance(failure_mode, str)
@@ -228,7 +233,7 @@ class _PatternIndex:
     so its cost grows with the number of distinct lengths, not of patterns.
     """
 
-    __slots__ = ("exact", "prefixes", "lengths")
+    __slots__ = ("exact", "lengths", "prefixes")
 
     def __init__(self) -> None:
         self.exact: dict[str, object] = {}
@@ -303,7 +308,7 @@ class PolicySet:
     def __len__(self) -> int:
         return len(self._policies)
 
-    def __iter__(self) -> Iterable[Policy]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[Policy]:
         return iter(self._policies)
 
     def resolve(self, tenant: str, resource: str) -> Policy | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from helios.errors import PolicyError
 
@@ -21,7 +21,11 @@ _NOMINAL_SECONDS = {"day": 86_400, "week": 604_800, "month": 2_592_000, "year": 
 
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 _WORD_SECONDS = {
-    "second": 1, "minute": 60, "hour": 3600, "day": 86_400, "week": 604_800,
+    "second": 1,
+    "minute": 60,
+    "hour": 3600,
+    "day": 86_400,
+    "week": 604_800,
 }
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d|w)")
 
@@ -30,7 +34,7 @@ _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d|w)")
 MAX_WINDOW_SECONDS = 10 * 366 * 86_400
 MIN_WINDOW_SECONDS = 0.001
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def parse_window(
@@ -106,7 +110,7 @@ def window_bounds(now: float, seconds: float, calendar: str | None) -> tuple[flo
 
 
 def _calendar_bounds(now: float, unit: str) -> tuple[float, float]:
-    moment = datetime.fromtimestamp(now, tz=timezone.utc)
+    moment = datetime.fromtimestamp(now, tz=UTC)
     day = moment.replace(hour=0, minute=0, second=0, microsecond=0)
     if unit == "day":
         start, end = day, day + timedelta(days=1)
@@ -115,8 +119,10 @@ def _calendar_bounds(now: float, unit: str) -> tuple[float, float]:
         end = start + timedelta(days=7)
     elif unit == "month":
         start = day.replace(day=1)
-        end = start.replace(year=start.year + 1, month=1) if start.month == 12 else (
-            start.replace(month=start.month + 1)
+        end = (
+            start.replace(year=start.year + 1, month=1)
+            if start.month == 12
+            else (start.replace(month=start.month + 1))
         )
     else:
         start = day.replace(month=1, day=1)

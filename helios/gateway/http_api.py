@@ -148,7 +148,11 @@ class HttpApi:
                 if not isinstance(raw, dict):
                     raise InvalidRequest(f"checks[{index}] must be an object", field="checks")
                 checks.append(
-                    Check(raw.get("tenant"), raw.get("resource", "default"), coerce_cost(raw.get("cost")))
+                    Check(
+                        raw.get("tenant"),
+                        raw.get("resource", "default"),
+                        coerce_cost(raw.get("cost")),
+                    )
                 )
             except HeliosError as error:
                 checks.append(error)
@@ -174,10 +178,14 @@ class HttpApi:
     def quota(self, request: Request) -> Response:
         params = parse_query(request.query)
         try:
-            tenant = unquote(request.path[len("/api/v1/quota/"):], errors="strict")
+            tenant = unquote(request.path[len("/api/v1/quota/") :], errors="strict")
         except UnicodeDecodeError:
-            raise InvalidRequest("the tenant in the path is not valid UTF-8", field="tenant") from None
-        quota = self.gateway.quota(tenant, params.get("resource", "default"), _api_key(request, params))
+            raise InvalidRequest(
+                "the tenant in the path is not valid UTF-8", field="tenant"
+            ) from None
+        quota = self.gateway.quota(
+            tenant, params.get("resource", "default"), _api_key(request, params)
+        )
         return self.render_quota(quota)
 
     def no_route(self, request: Request) -> Response:
@@ -225,7 +233,9 @@ class HttpApi:
         body = self.decision_json(tenant, resource, decision).encode()
         headers = self._headers(decision)
         if not decision.allowed:
-            return Response(429, body, headers + b"retry-after: %d\r\n" % decision.retry_after_seconds)
+            return Response(
+                429, body, headers + b"retry-after: %d\r\n" % decision.retry_after_seconds
+            )
         return Response(200, body, headers)
 
     def render_quota(self, quota: Quota) -> Response:
@@ -278,7 +288,9 @@ class HttpApi:
         retry_after = getattr(error, "retry_after_seconds", None)
         if error.http_status == 503 and retry_after:
             headers += b"retry-after: %d\r\n" % retry_after
-        return Response(error.http_status, error_body(error.http_status, error.message, error.field), headers)
+        return Response(
+            error.http_status, error_body(error.http_status, error.message, error.field), headers
+        )
 
 
 def _json_object(body: bytes) -> dict[str, object]:

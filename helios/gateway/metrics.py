@@ -25,8 +25,21 @@ from helios.server.http import HTTPServer
 
 # Upper bounds of the latency buckets, in seconds: 25 µs to 1 s.
 LATENCY_BUCKETS = (
-    0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
-    0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    0.000025,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
 )
 
 
@@ -48,7 +61,9 @@ class GatewayMetrics:
         """Cumulative histogram buckets and the sum, as Prometheus wants them."""
         buckets = []
         total = 0
-        for bound, count in zip((*LATENCY_BUCKETS, float("inf")), self._latency_counts):
+        for bound, count in zip(
+            (*LATENCY_BUCKETS, float("inf")), self._latency_counts, strict=True
+        ):
             total += count
             buckets.append(("+Inf" if bound == float("inf") else repr(bound), float(total)))
         return buckets, self._latency_sum
@@ -65,7 +80,8 @@ class GatewayCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         gateway = self.gateway
         requests = CounterMetricFamily(
-            "helios_requests", "HTTP requests served, by route and status code.",
+            "helios_requests",
+            "HTTP requests served, by route and status code.",
             labels=["transport", "route", "code"],
         )
         for (route, status), count in sorted(self.metrics.requests.items()):
@@ -91,11 +107,13 @@ class GatewayCollector(Collector):
         table = gateway.table.statistics()
         yield GaugeMetricFamily("helios_buckets", "Buckets held in memory.", value=table.buckets)
         yield GaugeMetricFamily(
-            "helios_buckets_max", "Configured upper bound of buckets in memory.",
+            "helios_buckets_max",
+            "Configured upper bound of buckets in memory.",
             value=table.max_buckets,
         )
         yield CounterMetricFamily(
-            "helios_bucket_evictions", "Idle buckets dropped to free memory.",
+            "helios_bucket_evictions",
+            "Idle buckets dropped to free memory.",
             value=table.evictions,
         )
         yield CounterMetricFamily(
@@ -107,23 +125,29 @@ class GatewayCollector(Collector):
             "helios_policies", "Policies currently loaded.", value=len(gateway.policies)
         )
         yield GaugeMetricFamily(
-            "helios_policy_revision", "Revision of the loaded policies.",
+            "helios_policy_revision",
+            "Revision of the loaded policies.",
             value=gateway.policies.revision,
         )
         yield CounterMetricFamily(
-            "helios_policy_reloads", "Times new policies were applied.",
+            "helios_policy_reloads",
+            "Times new policies were applied.",
             value=gateway.policy_reloads,
         )
         yield GaugeMetricFamily(
-            "helios_http_connections", "Open data-plane HTTP connections.",
+            "helios_http_connections",
+            "Open data-plane HTTP connections.",
             value=self.server.connections,
         )
         yield CounterMetricFamily(
-            "helios_http_bad_requests", "Data-plane requests rejected as malformed or too large.",
+            "helios_http_bad_requests",
+            "Data-plane requests rejected as malformed or too large.",
             value=self.server.bad_requests,
         )
         info = GaugeMetricFamily(
-            "helios_build_info", "Helios version, role and mode.", labels=["version", "role", "mode"]
+            "helios_build_info",
+            "Helios version, role and mode.",
+            labels=["version", "role", "mode"],
         )
         info.add_metric([__version__, gateway.role, gateway.mode], 1)
         yield info

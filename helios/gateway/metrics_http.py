@@ -17,4 +17,6 @@ class MetricsApi:
             return Response(404, b'{"error": "no route; metrics are at /metrics"}')
         if request.method not in ("GET", "HEAD"):
             return Response(405, b'{"error": "use GET"}', b"allow: GET, HEAD\r\n")
-        return Response(200, generate_latest(self.registry), content_type=CONTENT_TYPE_LATEST.encode())
+        return Response(
+            200, generate_latest(self.registry), content_type=CONTENT_TYPE_LATEST.encode()
+        )

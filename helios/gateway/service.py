@@ -113,9 +113,7 @@ class Gateway:
         self._count(decision)
         return decision
 
-    def allow_batch(
-        self, checks: list[Check], api_key: str | None
-    ) -> list[Decision | HeliosError]:
+    def allow_batch(self, checks: list[Check], api_key: str | None) -> list[Decision | HeliosError]:
         """Decide each check in order, each on its own; an error answers only its check.
 
         A missing or unknown key fails the whole batch.

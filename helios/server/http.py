@@ -32,10 +32,19 @@ import trio
 log = logging.getLogger("helios.http")
 
 _REASONS = {
-    200: b"OK", 204: b"No Content", 400: b"Bad Request", 401: b"Unauthorized",
-    403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed",
-    408: b"Request Timeout", 413: b"Content Too Large", 414: b"URI Too Long", 429: b"Too Many Requests",
-    431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
+    200: b"OK",
+    204: b"No Content",
+    400: b"Bad Request",
+    401: b"Unauthorized",
+    403: b"Forbidden",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
     503: b"Service Unavailable",
 }
 
@@ -61,7 +70,7 @@ class Limits:
 class Request:
     """One parsed HTTP request."""
 
-    __slots__ = ("method", "path", "query", "headers", "body", "keep_alive")
+    __slots__ = ("body", "headers", "keep_alive", "method", "path", "query")
 
     def __init__(self) -> None:
         self.method = ""
@@ -83,7 +92,7 @@ class Request:
 class Response:
     """Status, extra header lines and body of one response."""
 
-    __slots__ = ("status", "body", "headers", "content_type")
+    __slots__ = ("body", "content_type", "headers", "status")
 
     def __init__(
         self,
@@ -145,6 +154,8 @@ class HTTPServer:
         self._date = _Date()
         self._draining = False
         self._live: set[_Connection] = set()
+        # Set once draining and the last connection has closed.
+        self._closed = trio.Event()
         self._accepting = trio.CancelScope()
         self.connections = 0
         self.requests = 0
@@ -209,10 +220,16 @@ class HTTPServer:
                     stream = trio.SSLStream(stream, ssl_context, server_side=True)
                 nursery.start_soon(self.serve_stream, stream)
 
+    async def wait_closed(self) -> None:
+        """Wait, after :meth:`drain`, until every connection has closed."""
+        await self._closed.wait()
+
     def drain(self) -> None:
         """Stop accepting and close idle connections; busy ones finish first."""
         self._draining = True
         self._accepting.cancel()
+        if not self.connections:
+            self._closed.set()
         for connection in list(self._live):
             if connection.idle:
                 connection.scope.cancel()
@@ -229,6 +246,8 @@ class HTTPServer:
             log.exception("connection failed")
         finally:
             self.connections -= 1
+            if self._draining and not self.connections:
+                self._closed.set()
 
     def render(self, response: Response, close: bool, *, head: bool = False) -> bytes:
         """The bytes of one response (without its body when answering HEAD)."""
