@@ -17,7 +17,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from helios.core.decision import BandQuota, BucketState, Decision, decide, inspect, is_idle
+from helios.core.decision import (
+    BandQuota,
+    BucketState,
+    Decision,
+    decide,
+    inspect,
+    is_idle,
+    state_serial,
+)
 from helios.core.names import bucket_key
 from helios.core.policy import Policy
 from helios.errors import CapacityExhausted
@@ -54,6 +62,12 @@ class BucketTable:
         self.evictions = 0
         self.refusals = 0
         self.sweeps = 0
+        # Bucket states name the policy that wrote them by serial; these keep
+        # those policies alive (see helios.core.policy). Each sweep pass moves
+        # the policies still named by some state from `_previous` to
+        # `_writers`; at the end of the pass, the rest are let go.
+        self._writers: dict[int, Policy] = {}
+        self._previous: dict[int, Policy] = {}
 
     def __len__(self) -> int:
         return self._size
@@ -80,6 +94,7 @@ class BucketTable:
                 if state is None:
                     self._size += 1
                 shard[key] = new_state
+                self._writers[policy.serial] = policy
         return decision
 
     def decide_many(
@@ -113,12 +128,18 @@ class BucketTable:
         for _ in range(len(self._shards)):
             if visited >= budget:
                 break
+            if self._cursor == 0:
+                self._previous, self._writers = self._writers, {}
             shard = self._shards[self._cursor]
             self._cursor = (self._cursor + 1) & self._mask
             # An empty shard costs a visit too, or a large, sparse table
             # would be walked whole on every tick.
             visited += len(shard) or 1
-            idle = [key for key, state in shard.items() if is_idle(state, now_ns)]
+            idle = []
+            for key, state in shard.items():
+                policy = self._writer(state_serial(state))
+                if is_idle(state, now_ns, policy):
+                    idle.append(key)
             for key in idle:
                 del shard[key]
             dropped += len(idle)
@@ -126,6 +147,12 @@ class BucketTable:
         self.evictions += dropped
         self.sweeps += 1
         return dropped
+
+    def _writer(self, serial: int) -> Policy:
+        policy = self._writers.get(serial)
+        if policy is None:
+            policy = self._writers[serial] = self._previous[serial]
+        return policy
 
     def reset(self, tenant: str, resource: str | None = None) -> int:
         """Forget the counters of a tenant (all its resources, or one)."""

@@ -19,7 +19,9 @@ Every algorithm offers the same five operations on the state of one band:
     the units currently spent, and a state with that many spent; used to carry
     counters across a policy change.
 
-``None`` is the fresh state of every algorithm.
+``None`` is the fresh state of every algorithm; every other state is one
+non-negative integer. Integers are atoms to the garbage collector and smaller
+than tuples, which matters with a million buckets in memory.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any, NamedTuple
 from helios.core.policy import Band
 from helios.core.windows import window_bounds
 
-State = Any  # int for token_bucket, tuple of ints for the window algorithms
+State = Any  # None or an int; see each algorithm for its layout
 CheckResult = tuple[bool, State, int, int, int]
 
 _NS = 1_000_000_000
@@ -80,7 +82,12 @@ def _tb_from_spent(band: Band, units: int, now_ns: int) -> int | None:
     return now_ns * band.limit + units * band.window_ns if units > 0 else None
 
 
-# Fixed window: the state is (window start in ns, units spent in that window).
+# Fixed window: the state packs (window start in ns, units spent in it) as
+# `start << COUNT_BITS | count`.
+
+# Counts never exceed a band's limit, at most MAX_LIMIT (10**12 < 2**41).
+COUNT_BITS = 41
+_COUNT_MASK = (1 << COUNT_BITS) - 1
 
 
 def _bounds(band: Band, now_ns: int) -> tuple[int, int]:
@@ -106,47 +113,52 @@ def _calendar_bounds(unit: str, now_ns: int) -> tuple[int, int]:
     return bounds
 
 
-def _fw_check(band: Band, state: tuple[int, int] | None, now_ns: int, cost: int) -> CheckResult:
+def _fw_check(band: Band, state: int | None, now_ns: int, cost: int) -> CheckResult:
     start, end = _bounds(band, now_ns)
-    count = state[1] if state is not None and state[0] == start else 0
+    count = state & _COUNT_MASK if state is not None and state >> COUNT_BITS == start else 0
     if count + cost <= band.limit:
-        new_state = (start, count + cost) if cost else state
+        new_state = (start << COUNT_BITS | (count + cost)) if cost else state
         return True, new_state, band.limit - count - cost, 0, end - now_ns
     return False, state, max(0, band.limit - count), end - now_ns, end - now_ns
 
 
-def _fw_idle(band: Band, state: tuple[int, int] | None, now_ns: int) -> bool:
-    return state is None or state[0] != _bounds(band, now_ns)[0]
+def _fw_idle(band: Band, state: int | None, now_ns: int) -> bool:
+    return state is None or state >> COUNT_BITS != _bounds(band, now_ns)[0]
 
 
-def _fw_spent(band: Band, state: tuple[int, int] | None, now_ns: int) -> int:
-    if state is None or state[0] != _bounds(band, now_ns)[0]:
+def _fw_spent(band: Band, state: int | None, now_ns: int) -> int:
+    if state is None or state >> COUNT_BITS != _bounds(band, now_ns)[0]:
         return 0
-    return state[1]
+    return state & _COUNT_MASK
 
 
-def _fw_from_spent(band: Band, units: int, now_ns: int) -> tuple[int, int] | None:
-    return (_bounds(band, now_ns)[0], units) if units > 0 else None
+def _fw_from_spent(band: Band, units: int, now_ns: int) -> int | None:
+    units = min(units, _COUNT_MASK)
+    return _bounds(band, now_ns)[0] << COUNT_BITS | units if units > 0 else None
 
 
-# Sliding window: the state is (current window start, previous count, current
-# count). The estimate is previous × (1 − elapsed / window) + current; every
+# Sliding window: the state packs (current window start, previous count,
+# current count) as `start << 2·COUNT_BITS | previous << COUNT_BITS | current`.
+# The estimate is previous × (1 − elapsed / window) + current; every
 # comparison is multiplied through by the window length to stay integral.
 
 
-def _sw_counts(band: Band, state: tuple[int, int, int] | None, start: int) -> tuple[int, int]:
+def _sw_pack(start: int, previous: int, current: int) -> int:
+    return start << (2 * COUNT_BITS) | previous << COUNT_BITS | current
+
+
+def _sw_counts(band: Band, state: int | None, start: int) -> tuple[int, int]:
     if state is None:
         return 0, 0
-    if state[0] == start:
-        return state[1], state[2]
-    if state[0] == start - band.window_ns:
-        return state[2], 0
+    state_start = state >> (2 * COUNT_BITS)
+    if state_start == start:
+        return (state >> COUNT_BITS) & _COUNT_MASK, state & _COUNT_MASK
+    if state_start == start - band.window_ns:
+        return state & _COUNT_MASK, 0
     return 0, 0
 
 
-def _sw_check(
-    band: Band, state: tuple[int, int, int] | None, now_ns: int, cost: int
-) -> CheckResult:
+def _sw_check(band: Band, state: int | None, now_ns: int, cost: int) -> CheckResult:
     window = band.window_ns
     start = now_ns - now_ns % window
     elapsed = now_ns - start
@@ -157,7 +169,7 @@ def _sw_check(
     reset_ns = start + window - now_ns
     if used + cost * window <= budget:
         remaining = (budget - used - cost * window) // window
-        new_state = (start, previous, current + cost) if cost else state
+        new_state = _sw_pack(start, previous, current + cost) if cost else state
         return True, new_state, remaining, 0, reset_ns
     remaining = max(0, (budget - used) // window)
     return False, state, remaining, _sw_wait(band, previous, current, elapsed, cost), reset_ns
@@ -178,19 +190,20 @@ def _sw_wait(band: Band, previous: int, current: int, elapsed: int, cost: int) -
     return window - elapsed + needed
 
 
-def _sw_idle(band: Band, state: tuple[int, int, int] | None, now_ns: int) -> bool:
-    return state is None or state[0] + 2 * band.window_ns <= now_ns
+def _sw_idle(band: Band, state: int | None, now_ns: int) -> bool:
+    return state is None or (state >> (2 * COUNT_BITS)) + 2 * band.window_ns <= now_ns
 
 
-def _sw_spent(band: Band, state: tuple[int, int, int] | None, now_ns: int) -> int:
+def _sw_spent(band: Band, state: int | None, now_ns: int) -> int:
     start = now_ns - now_ns % band.window_ns
     previous, current = _sw_counts(band, state, start)
     elapsed = now_ns - start
     return _ceil_div(previous * (band.window_ns - elapsed), band.window_ns) + current
 
 
-def _sw_from_spent(band: Band, units: int, now_ns: int) -> tuple[int, int, int] | None:
-    return (now_ns - now_ns % band.window_ns, 0, units) if units > 0 else None
+def _sw_from_spent(band: Band, units: int, now_ns: int) -> int | None:
+    units = min(units, _COUNT_MASK)
+    return _sw_pack(now_ns - now_ns % band.window_ns, 0, units) if units > 0 else None
 
 
 class Algorithm(NamedTuple):

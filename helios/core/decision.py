@@ -1,10 +1,14 @@
 """Deciding a request against a policy and the bucket's current state.
 
-A bucket's state is a tuple ``(policy, band_state, ...)``: the policy object
-that last charged it, then one state per band of that policy. When the policy
-resolved for a request is a different object (the policy changed, or a more
-specific one now matches), the spent units of each old band carry over to the
-matching new band before deciding. A change therefore never refills a bucket.
+A bucket's state names the serial of the policy that last charged it and
+holds one state per band of that policy: for the common single-band policy,
+one integer ``band_state << SERIAL_BITS | serial`` (an atom to the garbage
+collector, and small); for several bands, a tuple ``(serial, band_state,
+...)``. When the
+policy resolved for a request has another serial (the policy changed, or a
+more specific one now matches), the spent units of each old band carry over to
+the matching new band before deciding. A change therefore never refills a
+bucket.
 """
 
 from __future__ import annotations
@@ -13,9 +17,30 @@ from dataclasses import dataclass
 from typing import Any
 
 from helios.core.algorithms import ALGORITHMS
-from helios.core.policy import Band, Policy
+from helios.core.policy import Band, Policy, policy_by_serial
 
-BucketState = tuple[Any, ...]
+BucketState = int | tuple[Any, ...]
+
+SERIAL_BITS = 32
+_SERIAL_MASK = (1 << SERIAL_BITS) - 1
+
+
+def state_serial(state: BucketState) -> int:
+    """The serial of the policy that wrote ``state``."""
+    return state & _SERIAL_MASK if isinstance(state, int) else state[0]
+
+
+def _band_states(state: BucketState) -> tuple[Any, ...]:
+    if isinstance(state, int):
+        return (state >> SERIAL_BITS,)
+    return state[1:]
+
+
+def _pack(serial: int, band_states: list[Any]) -> BucketState | None:
+    if len(band_states) == 1:
+        return None if band_states[0] is None else band_states[0] << SERIAL_BITS | serial
+    return (serial, *band_states)
+
 
 _NS_PER_MS = 1_000_000
 _NS_PER_S = 1_000_000_000
@@ -62,19 +87,21 @@ def decide(
     which only reads the bucket. The caller checks beforehand that ``cost``
     fits the policy's capacity (:func:`helios.core.policy.validate_cost`).
     """
-    if state is not None and state[0] is not policy:
+    if state is not None and state_serial(state) != policy.serial:
         state = migrate(state, policy, now_ns)
     check = ALGORITHMS[policy.algorithm].check
     bands = policy.bands
 
     if len(bands) == 1:
         band = bands[0]
+        assert state is None or isinstance(state, int)
         ok, band_state, remaining, wait_ns, reset_ns = check(
-            band, None if state is None else state[1], now_ns, cost
+            band, None if state is None else state >> SERIAL_BITS, now_ns, cost
         )
-        new_state = (policy, band_state) if ok and cost else state
+        new_state = band_state << SERIAL_BITS | policy.serial if ok and cost else state
         return _decision(policy, band, ok, remaining, wait_ns, reset_ns, now_ns), new_state
 
+    assert state is None or isinstance(state, tuple)
     results = [
         check(band, None if state is None else state[1 + index], now_ns, cost)
         for index, band in enumerate(bands)
@@ -83,7 +110,7 @@ def decide(
     if ok:
         # Tightest band: the fewest units left; the first one on a tie.
         index = min(range(len(bands)), key=lambda i: results[i][2])
-        new_state = (policy, *(result[1] for result in results)) if cost else state
+        new_state = (policy.serial, *(result[1] for result in results)) if cost else state
     else:
         # The request succeeds only once every band can take it, so the wait
         # is the longest of the bands' waits, and that band is the tightest.
@@ -125,11 +152,15 @@ def _decision(
     )
 
 
-def is_idle(state: BucketState, now_ns: int) -> bool:
-    """True when the bucket holds no information and may be dropped."""
-    policy: Policy = state[0]
+def is_idle(state: BucketState, now_ns: int, policy: Policy | None = None) -> bool:
+    """True when the bucket holds no information and may be dropped.
+
+    ``policy`` is the policy that wrote the state, when the caller has it.
+    """
+    if policy is None:
+        policy = policy_by_serial(state_serial(state))
     idle = ALGORITHMS[policy.algorithm].idle
-    return all(idle(band, state[1 + i], now_ns) for i, band in enumerate(policy.bands))
+    return all(map(idle, policy.bands, _band_states(state), [now_ns] * len(policy.bands)))
 
 
 def migrate(state: BucketState, policy: Policy, now_ns: int) -> BucketState | None:
@@ -140,7 +171,8 @@ def migrate(state: BucketState, policy: Policy, now_ns: int) -> BucketState | No
     the old band whose window is nearest. Spent units are rounded up, so a
     change never hands out more than the old state allowed.
     """
-    old: Policy = state[0]
+    old = policy_by_serial(state_serial(state))
+    old_states = _band_states(state)
     old_algorithm = ALGORITHMS[old.algorithm]
     new_algorithm = ALGORITHMS[policy.algorithm]
     band_states: list[Any] = []
@@ -152,7 +184,7 @@ def migrate(state: BucketState, policy: Policy, now_ns: int) -> BucketState | No
                 abs(old.bands[i].window_ns - band.window_ns),
             ),
         )
-        old_band, old_state = old.bands[index], state[1 + index]
+        old_band, old_state = old.bands[index], old_states[index]
         if _same_shape(old, old_band, policy, band):
             band_states.append(old_state)
             continue
@@ -160,7 +192,7 @@ def migrate(state: BucketState, policy: Policy, now_ns: int) -> BucketState | No
         band_states.append(new_algorithm.from_spent(band, units, now_ns))
     if all(band_state is None for band_state in band_states):
         return None
-    return (policy, *band_states)
+    return _pack(policy.serial, band_states)
 
 
 def _same_shape(old: Policy, old_band: Band, new: Policy, band: Band) -> bool:
@@ -182,13 +214,12 @@ class BandQuota:
 
 def inspect(policy: Policy, state: BucketState | None, now_ns: int) -> list[BandQuota]:
     """Every band's current figures, charging nothing."""
-    if state is not None and state[0] is not policy:
+    if state is not None and state_serial(state) != policy.serial:
         state = migrate(state, policy, now_ns)
     check = ALGORITHMS[policy.algorithm].check
+    band_states = (None,) * len(policy.bands) if state is None else _band_states(state)
     quotas = []
-    for index, band in enumerate(policy.bands):
-        _, _, remaining, _, reset_ns = check(
-            band, None if state is None else state[1 + index], now_ns, 0
-        )
+    for band, band_state in zip(policy.bands, band_states, strict=True):
+        _, _, remaining, _, reset_ns = check(band, band_state, now_ns, 0)
         quotas.append(BandQuota(band, max(0, remaining), -(-reset_ns // _NS_PER_S)))
     return quotas

@@ -10,6 +10,8 @@ matches, resolution falls back to the next tenant entry.
 
 from __future__ import annotations
 
+import itertools
+import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -22,6 +24,17 @@ FAILURE_MODES = ("open", "closed", "local")
 # The largest limit or burst a band may have. Counts stay exact integers in
 # Redis and in floats well below 2**53 even after many windows.
 MAX_LIMIT = 1_000_000_000_000
+
+_serials = itertools.count(1)
+# Every live policy by serial. Weak: whoever keeps bucket states keeps the
+# policies that wrote them alive (see BucketTable).
+_by_serial: weakref.WeakValueDictionary[int, Policy] = weakref.WeakValueDictionary()
+
+
+def policy_by_serial(serial: int) -> Policy:
+    """The policy with this serial; it must still be alive."""
+    return _by_serial[serial]
+
 
 _POLICY_KEYS = frozenset(
     {
@@ -69,12 +82,15 @@ class Band:
         return f"{self.limit}/{window}"
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True, eq=False, weakref_slot=True)
 class Policy:
     """A rate limit for the (tenant, resource) pairs its patterns match.
 
-    Policies compare by identity: a bucket remembers the policy object that
-    last charged it, and a different object means the policy changed.
+    Policies compare by identity. Each has a process-unique ``serial``: a
+    bucket's state records the serial of the policy that last charged it
+    (an int rather than the object, so that a million bucket states hold no
+    references for the garbage collector to walk), and a different serial
+    means the policy changed.
     """
 
     tenant: str
@@ -89,10 +105,14 @@ class Policy:
     name: str = field(init=False)
     # The largest cost every band can take at once.
     capacity: int = field(init=False)
+    serial: int = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "name", f"{self.tenant}/{self.resource}")
         object.__setattr__(self, "capacity", min(band.capacity for band in self.bands))
+        serial = next(_serials)
+        object.__setattr__(self, "serial", serial)
+        _by_serial[serial] = self
 
     def to_dict(self) -> dict[str, object]:
         """The policy in the JSON shape of the API (tenant and resource included)."""
