@@ -157,8 +157,10 @@ ALIASES: dict[str, str] = {
     "HELIOS_ROLE": "role",
 }
 
-# HELIOS_* variables that are not settings of this process (read by the tools).
+# HELIOS_* variables that are not settings of this process: read by the
+# command line itself, by client tools, or by the load scripts.
 _NOT_SETTINGS = frozenset({"HELIOS_CONFIG", "HELIOS_API_KEY"})
+_NOT_SETTINGS_PREFIX = "HELIOS_LOADTEST_"
 
 
 def _sections() -> dict[str, type]:
@@ -228,14 +230,20 @@ def _apply_file(config: Config, path: Path) -> None:
 
 
 def _apply_environment(config: Config, environ: Mapping[str, str]) -> None:
-    by_env = {env_name(name): name for name in setting_names()}
-    by_env.update(ALIASES)
-    for variable, text in environ.items():
-        setting = by_env.get(variable)
-        if setting is not None:
-            _set(config, setting, text, source=variable)
-        elif variable.startswith("HELIOS_") and variable not in _NOT_SETTINGS:
+    canonical = {env_name(name): name for name in setting_names()}
+    for variable in environ:
+        if (
+            variable.startswith("HELIOS_")
+            and variable not in canonical
+            and variable not in ALIASES
+            and variable not in _NOT_SETTINGS
+            and not variable.startswith(_NOT_SETTINGS_PREFIX)
+        ):
             raise ConfigError(f"unknown environment variable {variable}")
+    # Aliases first, so that the HELIOS_SECTION_KEY name wins when both are set.
+    for variable, setting in [*ALIASES.items(), *canonical.items()]:
+        if variable in environ:
+            _set(config, setting, environ[variable], source=variable)
 
 
 def _set(config: Config, setting: str, value: object, *, source: str) -> None:
@@ -249,6 +257,9 @@ def _set(config: Config, setting: str, value: object, *, source: str) -> None:
 
 def _convert(value: object, hint: Any, setting: str, source: str) -> Any:
     where = f"{setting} (from {source})"
+    # Never echo what may be a secret.
+    secret = "key" in setting.rsplit(".", 1)[-1] and "path" not in setting
+    shown = "<redacted>" if secret else repr(value)
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -256,14 +267,14 @@ def _convert(value: object, hint: Any, setting: str, source: str) -> Any:
             return True
         if isinstance(value, str) and value.lower() in ("false", "0", "no", "off", ""):
             return False
-        raise ConfigError(f"{where} must be true or false, got {value!r}")
+        raise ConfigError(f"{where} must be true or false, got {shown}")
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         text = value.strip() if isinstance(value, str) else ""
         if text.isascii() and text.isdigit():
             return int(text)
-        raise ConfigError(f"{where} must be a whole number, got {value!r}")
+        raise ConfigError(f"{where} must be a whole number, got {shown}")
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -272,17 +283,17 @@ def _convert(value: object, hint: Any, setting: str, source: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{where} must be a number, got {value!r}")
+        raise ConfigError(f"{where} must be a number, got {shown}")
     if hint is str:
         if isinstance(value, str):
             return value
-        raise ConfigError(f"{where} must be a string, got {value!r}")
+        raise ConfigError(f"{where} must be a string, got {shown}")
     # list[str]: a TOML array, or comma-separated text.
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
         return list(value)
-    raise ConfigError(f"{where} must be a list of strings, got {value!r}")
+    raise ConfigError(f"{where} must be a list of strings, got {shown}")
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:

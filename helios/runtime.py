@@ -30,7 +30,7 @@ from helios.gateway.metrics import GatewayCollector, GatewayMetrics, make_regist
 from helios.gateway.metrics_http import MetricsApi
 from helios.gateway.service import Clock, Gateway
 from helios.server.http import HTTPServer, Limits
-from helios.store.policy_file import load_policies
+from helios.store.policy_file import file_version, load_policies
 
 log = logging.getLogger("helios")
 
@@ -38,6 +38,7 @@ log = logging.getLogger("helios")
 # about a millisecond of work every 50 ms at most.
 SWEEP_INTERVAL_SECONDS = 0.05
 SWEEP_BUDGET = 1024
+POLICY_FILE_POLL_SECONDS = 1.0
 
 
 @dataclass
@@ -144,6 +145,8 @@ async def run(
             )
             runtime.addresses["metrics"] = listeners[0].socket.getsockname()[:2]
         nursery.start_soon(_sweep, gateway)
+        if config.policies.file:
+            nursery.start_soon(_watch_policy_file, gateway, config.policies.file)
         _log_summary(runtime, source, tls is not None)
         task_status.started(runtime)
 
@@ -153,6 +156,29 @@ async def _sweep(gateway: Gateway) -> None:
     while True:
         await trio.sleep(SWEEP_INTERVAL_SECONDS)
         table.sweep(gateway.clock.now_ns(), SWEEP_BUDGET)
+
+
+async def _watch_policy_file(gateway: Gateway, path: str) -> None:
+    """Apply changes to the policy file within a second, keeping every counter.
+
+    A file that does not load is reported and ignored: the gateway keeps
+    serving the policies it has.
+    """
+    version = file_version(path)
+    while True:
+        await trio.sleep(POLICY_FILE_POLL_SECONDS)
+        current = file_version(path)
+        if current == version:
+            continue
+        version = current
+        revision = gateway.policies.revision + 1
+        try:
+            policies, _ = load_policies(path, revision=revision)
+        except ConfigError as error:
+            log.error("policy file not reloaded, keeping the previous policies: %s", error.message)
+            continue
+        gateway.set_policies(policies)
+        log.info("reloaded %d policies from %s (revision %d)", len(policies), path, revision)
 
 
 async def _watch_signals(runtime: Runtime, root: trio.CancelScope) -> None:

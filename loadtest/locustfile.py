@@ -21,13 +21,13 @@ Environment variables (all optional):
     HELIOS_API_KEY                 key sent as X-API-Key (default "test-key"); it must
                                    be a global key (HELIOS_ALLOWED_API_KEYS on the
                                    gateway) since it acts for every tenant
-    HELIOS_TENANTS                 number of tenants (default 1000)
-    HELIOS_ZIPF_S                  Zipf exponent s (default 1.1)
-    HELIOS_BATCH_SIZE              checks per batch call (default 10)
-    HELIOS_WAIT_MAX                longest pause between tasks in seconds (default 0.05)
-    HELIOS_VALIDATE                "1" to parse each decision and check that the JSON
+    HELIOS_LOADTEST_TENANTS        number of tenants (default 1000)
+    HELIOS_LOADTEST_ZIPF_S         Zipf exponent s (default 1.1)
+    HELIOS_LOADTEST_BATCH_SIZE     checks per batch call (default 10)
+    HELIOS_LOADTEST_WAIT_MAX       longest pause between tasks in seconds (default 0.05)
+    HELIOS_LOADTEST_VALIDATE       "1" to parse each decision and check that the JSON
                                    agrees with the status code (costs client CPU)
-    HELIOS_SEED                    seed for reproducible tenant/resource sequences
+    HELIOS_LOADTEST_SEED           seed for reproducible tenant/resource sequences
     HELIOS_LOADTEST_ALLOWED_HOSTS  comma-separated extra host names you own
 
 Locust itself becomes the bottleneck long before a lean gateway does; use
@@ -64,11 +64,11 @@ def _env_int(name: str, default: int, minimum: int = 1) -> int:
 
 
 API_KEY: Final = os.environ.get("HELIOS_API_KEY", "test-key")
-TENANT_COUNT: Final = _env_int("HELIOS_TENANTS", 1000)
-ZIPF_S: Final = float(os.environ.get("HELIOS_ZIPF_S", "1.1"))
-BATCH_SIZE: Final = _env_int("HELIOS_BATCH_SIZE", 10)
-WAIT_MAX: Final = float(os.environ.get("HELIOS_WAIT_MAX", "0.05"))
-VALIDATE: Final = os.environ.get("HELIOS_VALIDATE", "") == "1"
+TENANT_COUNT: Final = _env_int("HELIOS_LOADTEST_TENANTS", 1000)
+ZIPF_S: Final = float(os.environ.get("HELIOS_LOADTEST_ZIPF_S", "1.1"))
+BATCH_SIZE: Final = _env_int("HELIOS_LOADTEST_BATCH_SIZE", 10)
+WAIT_MAX: Final = float(os.environ.get("HELIOS_LOADTEST_WAIT_MAX", "0.05"))
+VALIDATE: Final = os.environ.get("HELIOS_LOADTEST_VALIDATE", "") == "1"
 EXTRA_ALLOWED_HOSTS: Final = frozenset(
     host.strip().lower()
     for host in os.environ.get("HELIOS_LOADTEST_ALLOWED_HOSTS", "").split(",")
@@ -94,7 +94,7 @@ DECISION_STATUSES: Final = frozenset({200, 429})
 JSON_HEADERS: Final = {"X-API-Key": API_KEY, "Content-Type": "application/json"}
 KEY_HEADERS: Final = {"X-API-Key": API_KEY}
 
-_seed = os.environ.get("HELIOS_SEED")
+_seed = os.environ.get("HELIOS_LOADTEST_SEED")
 _rng = random.Random(int(_seed)) if _seed is not None else random.Random()
 _refused_host: str | None = None
 

@@ -79,7 +79,7 @@ class BucketTable:
         key = bucket_key(tenant, resource)
         shard = self._shards[hash(key) & self._mask]
         state = shard.get(key)
-        if state is None and self._size >= self.max_buckets:
+        if state is None and self._size >= self.max_buckets and not self._free(shard, now_ns):
             self.refusals += 1
             raise CapacityExhausted(
                 f"the bucket table is full ({self.max_buckets} buckets that still"
@@ -147,6 +147,19 @@ class BucketTable:
         self.evictions += dropped
         self.sweeps += 1
         return dropped
+
+    def _free(self, shard: dict[bytes, BucketState], now_ns: int) -> bool:
+        """Drop the idle buckets of one shard now; True if any went.
+
+        Bounded work (one shard), so a full table can admit a new key as soon
+        as its own shard holds an idle bucket, without waiting for the sweeper.
+        """
+        idle = [key for key, state in shard.items() if is_idle(state, now_ns)]
+        for key in idle:
+            del shard[key]
+        self._size -= len(idle)
+        self.evictions += len(idle)
+        return bool(idle)
 
     def _writer(self, serial: int) -> Policy:
         policy = self._writers.get(serial)

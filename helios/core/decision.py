@@ -106,18 +106,29 @@ def decide(
         check(band, None if state is None else state[1 + index], now_ns, cost)
         for index, band in enumerate(bands)
     ]
-    ok = all(result[0] for result in results)
-    if ok:
+    decision = combine(policy, [(r[0], r[2], r[3], r[4]) for r in results], now_ns)
+    if decision.would_allow and cost:
+        return decision, (policy.serial, *(result[1] for result in results))
+    return decision, state
+
+
+def combine(policy: Policy, results: list[tuple[bool, int, int, int]], now_ns: int) -> Decision:
+    """The decision from each band's ``(allowed, remaining, wait_ns, reset_ns)``.
+
+    Used by every backend, so that the tightest band is chosen the same way
+    whether the bands were checked in memory or in Redis.
+    """
+    if all(result[0] for result in results):
         # Tightest band: the fewest units left; the first one on a tie.
-        index = min(range(len(bands)), key=lambda i: results[i][2])
-        new_state = (policy.serial, *(result[1] for result in results)) if cost else state
+        index = min(range(len(results)), key=lambda i: results[i][1])
+        ok = True
     else:
         # The request succeeds only once every band can take it, so the wait
         # is the longest of the bands' waits, and that band is the tightest.
-        index = max(range(len(bands)), key=lambda i: results[i][3])
-        new_state = state
-    _, _, remaining, wait_ns, reset_ns = results[index]
-    return _decision(policy, bands[index], ok, remaining, wait_ns, reset_ns, now_ns), new_state
+        index = max(range(len(results)), key=lambda i: results[i][2])
+        ok = False
+    _, remaining, wait_ns, reset_ns = results[index]
+    return _decision(policy, policy.bands[index], ok, remaining, wait_ns, reset_ns, now_ns)
 
 
 def _decision(

@@ -48,10 +48,10 @@ def coerce_cost(value: object) -> int:
 
 def check_name(value: object, field: str) -> str:
     """Validate a tenant or resource name and return it."""
+    if value is None or value == "":
+        raise InvalidRequest(f"{field} is required", field=field)
     if not isinstance(value, str):
         raise InvalidRequest(f"{field} must be a string, got {value!r}", field=field)
-    if not value:
-        raise InvalidRequest(f"{field} is required", field=field)
     if len(value) > MAX_NAME_LENGTH:
         raise InvalidRequest(
             f"{field} must be at most {MAX_NAME_LENGTH} characters, got {len(value)}",

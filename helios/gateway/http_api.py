@@ -20,7 +20,8 @@ from helios.gateway.metrics import GatewayMetrics
 from helios.gateway.service import Check, Gateway, Quota
 from helios.server.http import Request, Response
 
-_ALLOW_METHODS = ("GET", "POST", "HEAD")
+# HEAD is not offered: it must not have side effects, and a decision charges.
+_ALLOW_METHODS = ("GET", "POST")
 
 _MAX_QUERY_PARAMETERS = 32
 
@@ -115,6 +116,7 @@ class HttpApi:
 
     def allow(self, request: Request) -> Response:
         params = parse_query(request.query)
+        owner = self.gateway.identify(_api_key(request, params))
         if request.method == "POST" and request.body.strip():
             document = _json_object(request.body)
             check = Check(
@@ -128,11 +130,12 @@ class HttpApi:
                 resource=params.get("resource", "default"),
                 cost=parse_cost(params.get("cost")),
             )
-        decision = self.gateway.allow(check, _api_key(request, params))
+        decision = self.gateway.decide(check, owner)
         return self.render_decision(str(check.tenant), str(check.resource), decision)
 
     def batch(self, request: Request) -> Response:
         params = parse_query(request.query)
+        owner = self.gateway.identify(_api_key(request, params))
         document = _json_object(request.body)
         raw_checks = document.get("checks")
         if not isinstance(raw_checks, list) or not raw_checks:
@@ -156,9 +159,8 @@ class HttpApi:
                 )
             except HeliosError as error:
                 checks.append(error)
-        api_key = _api_key(request, params)
         valid = [check for check in checks if isinstance(check, Check)]
-        decided = iter(self.gateway.allow_batch(valid, api_key))
+        decided = iter(self.gateway.decide_batch(valid, owner))
         results = []
         for check in checks:
             outcome = next(decided) if isinstance(check, Check) else check
@@ -177,15 +179,14 @@ class HttpApi:
 
     def quota(self, request: Request) -> Response:
         params = parse_query(request.query)
+        owner = self.gateway.identify(_api_key(request, params))
         try:
             tenant = unquote(request.path[len("/api/v1/quota/") :], errors="strict")
         except UnicodeDecodeError:
             raise InvalidRequest(
                 "the tenant in the path is not valid UTF-8", field="tenant"
             ) from None
-        quota = self.gateway.quota(
-            tenant, params.get("resource", "default"), _api_key(request, params)
-        )
+        quota = self.gateway.quota(tenant, params.get("resource", "default"), owner)
         return self.render_quota(quota)
 
     def no_route(self, request: Request) -> Response:

@@ -100,11 +100,20 @@ class Gateway:
             )
         return tenant, resource, policy
 
+    def identify(self, api_key: str | None) -> str | None:
+        """Who an API key speaks for: a tenant, or ``None`` for every tenant.
+
+        Transports call this before looking at anything else in a request, so
+        that a caller without a valid key learns nothing from validation.
+        """
+        return self.keys.identify(api_key)
+
     def allow(self, check: Check, api_key: str | None) -> Decision:
         """Decide one check: authorize, validate, then charge or deny."""
-        return self._allow(check, self.keys.identify(api_key))
+        return self.decide(check, self.keys.identify(api_key))
 
-    def _allow(self, check: Check, owner: str | None) -> Decision:
+    def decide(self, check: Check, owner: str | None) -> Decision:
+        """Decide one check for an identified caller (see :meth:`identify`)."""
         tenant = check_name(check.tenant, "tenant")
         self.keys.permit(owner, tenant)
         tenant, resource, policy = self.resolve(tenant, check.resource)
@@ -113,24 +122,20 @@ class Gateway:
         self._count(decision)
         return decision
 
-    def allow_batch(self, checks: list[Check], api_key: str | None) -> list[Decision | HeliosError]:
-        """Decide each check in order, each on its own; an error answers only its check.
-
-        A missing or unknown key fails the whole batch.
-        """
-        owner = self.keys.identify(api_key)
+    def decide_batch(self, checks: list[Check], owner: str | None) -> list[Decision | HeliosError]:
+        """Decide each check in order, each on its own; an error answers only its check."""
         results: list[Decision | HeliosError] = []
         for check in checks:
             try:
-                results.append(self._allow(check, owner))
+                results.append(self.decide(check, owner))
             except HeliosError as error:
                 results.append(error)
         return results
 
-    def quota(self, tenant: object, resource: object, api_key: str | None) -> Quota:
+    def quota(self, tenant: object, resource: object, owner: str | None) -> Quota:
         """The current figures of a bucket, charging nothing."""
         tenant = check_name(tenant, "tenant")
-        self.keys.authorize(api_key, tenant)
+        self.keys.permit(owner, tenant)
         tenant, resource, policy = self.resolve(tenant, resource)
         decision, bands = self.table.peek(policy, tenant, resource, self.clock.now_ns())
         return Quota(tenant, resource, decision, bands)

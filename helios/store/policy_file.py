@@ -16,21 +16,30 @@ from helios.errors import ConfigError, HeliosError
 DEFAULT_SOURCE = "built-in demo policies"
 
 
-def load_policies(path: str | None) -> tuple[PolicySet, str]:
+def load_policies(path: str | None, *, revision: int = 1) -> tuple[PolicySet, str]:
     """Load the policy file at ``path`` (or the defaults); returns the set and its source."""
     if not path:
         text = resources.files("helios.store").joinpath("default_policies.toml").read_text()
-        return parse_policies(text, DEFAULT_SOURCE), DEFAULT_SOURCE
+        return parse_policies(text, DEFAULT_SOURCE, revision=revision), DEFAULT_SOURCE
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError(f"cannot read policy file {path}: {error.strerror}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"policy file {path} is not UTF-8 text") from None
-    return parse_policies(text, path), path
+    return parse_policies(text, path, revision=revision), path
 
 
-def parse_policies(text: str, source: str) -> PolicySet:
+def file_version(path: str) -> tuple[int, int] | None:
+    """What identifies the file's current content cheaply: (mtime in ns, size)."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
+def parse_policies(text: str, source: str, *, revision: int = 1) -> PolicySet:
     """Parse a policy document; errors name the source and the field."""
     try:
         data = tomllib.loads(text)
@@ -48,7 +57,7 @@ def parse_policies(text: str, source: str) -> PolicySet:
             if not isinstance(entry, dict):
                 raise ConfigError(f"policies[{index}] must be a table")
             policies.append(parse_policy(entry, where=f"policies[{index}]"))
-        policy_set = PolicySet(policies)
+        policy_set = PolicySet(policies, revision=revision)
     except HeliosError as error:
         raise ConfigError(f"{source}: {error.message}") from None
     if not len(policy_set):
