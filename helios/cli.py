@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import trio
 
 from helios import __version__
-from helios.config import ROLES, Config, load_config, setting_names
+from helios.config import ROLES, Config, load_config, redact_url, setting_names
 from helios.errors import ConfigError
 from helios.logs import configure_logging
 
@@ -100,6 +100,8 @@ def _print_config(config: Config) -> None:
         value = getattr(getattr(config, section), key) if section else config.role
         if "api_keys" in key:
             value = f"<{len(value)} keys>"
+        elif name == "redis.url":
+            value = redact_url(value)
         print(f"{name} = {value!r}")
 
 

@@ -44,6 +44,23 @@ class GatewaySettings:
 
 
 @dataclass(slots=True)
+class RedisSettings:
+    # redis://[user:password@]host:port/db, rediss:// (TLS), redis+cluster://h1:p1,h2:p2,
+    # or redis+sentinel://h1:p1,h2:p2/master-name. Used in STRONG mode.
+    url: str = "redis://127.0.0.1:6379/0"
+    # How long one decision may wait for Redis before the failure mode applies.
+    timeout_ms: int = 50
+    # Connections per Redis server; commands are pipelined over them.
+    pool_size: int = 4
+    # Every key Helios writes starts with this.
+    key_prefix: str = "helios"
+    # Consecutive failures that open the circuit, and how long it stays open
+    # before a trial call.
+    breaker_failures: int = 5
+    breaker_cooldown_seconds: float = 1.0
+
+
+@dataclass(slots=True)
 class HttpSettings:
     host: str = "127.0.0.1"
     port: int = 8080
@@ -97,6 +114,7 @@ class Config:
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     grpc: GrpcSettings = field(default_factory=GrpcSettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     control: ControlSettings = field(default_factory=ControlSettings)
     policies: PoliciesSettings = field(default_factory=PoliciesSettings)
@@ -118,7 +136,12 @@ class Config:
             port = _get(self, name)
             if not 0 <= port <= 65535:
                 raise ConfigError(f"{name} must be a port from 0 to 65535, got {port}")
+        if "{" in self.redis.key_prefix or "}" in self.redis.key_prefix:
+            raise ConfigError("redis.key_prefix may not contain braces")
         for name in (
+            "redis.timeout_ms",
+            "redis.pool_size",
+            "redis.breaker_failures",
             "gateway.max_buckets",
             "gateway.max_batch_checks",
             "http.max_request_line_bytes",
@@ -132,6 +155,7 @@ class Config:
             "gateway.shutdown_grace_seconds",
             "http.request_timeout_seconds",
             "http.idle_timeout_seconds",
+            "redis.breaker_cooldown_seconds",
         ):
             if not _get(self, name) > 0:
                 raise ConfigError(f"{name} must be greater than 0, got {_get(self, name)}")
@@ -304,6 +328,17 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 def _get(config: Config, setting: str) -> Any:
     section, _, key = setting.rpartition(".")
     return getattr(getattr(config, section), key)
+
+
+def redact_url(url: str) -> str:
+    """``url`` without the password it may carry, for logs and messages."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, location = rest.rpartition("@")
+    if not sep or not at:
+        return url
+    # "user:password" keeps the user; anything else may be a bare password.
+    user, colon, _ = credentials.partition(":")
+    return f"{scheme}://{user}:***@{location}" if colon and user else f"{scheme}://***@{location}"
 
 
 def describe_settings() -> str:

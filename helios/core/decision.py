@@ -67,6 +67,9 @@ class Decision:
     retry_after_seconds: int
     reset_seconds: int
     reset_time: int
+    # Where the decision was made: "fast" (memory), "strong" (Redis), "local"
+    # (memory, because Redis failed), "open" (allowed, because Redis failed).
+    mode: str = "fast"
 
     @property
     def shadow(self) -> bool:

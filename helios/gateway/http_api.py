@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from urllib.parse import unquote, unquote_plus
 
 from helios import __version__
@@ -71,6 +71,9 @@ def _quote_sf(text: str) -> str:
     return '"' + cleaned.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+Endpoint = Callable[[Request], Response | Awaitable[Response]]
+
+
 class HttpApi:
     """Routes HTTP requests to the gateway service."""
 
@@ -87,34 +90,47 @@ class HttpApi:
         try:
             if methods is not None and request.method not in methods:
                 raise MethodNotAllowed(request.method, methods)
-            response = endpoint(request)
+            result = endpoint(request)
+            # A type check, not isinstance(result, Awaitable): this is the hot path.
+            response = result if type(result) is Response else await result  # type: ignore[misc]
         except HeliosError as error:
             response = self.error(error)
         self.metrics.observe(route, response.status, time.perf_counter() - started)
         return response
 
-    def _route(
-        self, path: str
-    ) -> tuple[str, Callable[[Request], Response], tuple[str, ...] | None]:
+    def _route(self, path: str) -> tuple[str, Endpoint, tuple[str, ...] | None]:
         """The route label (for metrics), its endpoint, and the methods it accepts.
 
         Unknown paths accept any method, so that they answer 404 rather than 405.
+        Decisions in a remote backend (STRONG mode) go to the async endpoints.
         """
+        remote = self.gateway.remote is not None
         if path in ("/allow", "/api/v1/allow"):
-            return path, self.allow, _ALLOW_METHODS
+            return path, self.allow_remote if remote else self.allow, _ALLOW_METHODS
         if path == "/api/v1/allow/batch":
-            return path, self.batch, ("POST",)
+            return path, self.batch_remote if remote else self.batch, ("POST",)
         if path.startswith("/api/v1/quota/"):
-            return "/api/v1/quota", self.quota, ("GET", "HEAD")
+            return "/api/v1/quota", self.quota_remote if remote else self.quota, ("GET", "HEAD")
         if path == "/health":
             return path, self.health, ("GET", "HEAD")
         if path == "/ready":
             return path, self.ready, ("GET", "HEAD")
         return "unknown", self.no_route, None
 
-    # Endpoints.
+    # Endpoints. Each decision endpoint parses (and authenticates) first, then
+    # decides in memory or, in the *_remote variant, in the remote backend.
 
     def allow(self, request: Request) -> Response:
+        owner, check = self._allow_request(request)
+        decision = self.gateway.decide(check, owner)
+        return self.render_decision(str(check.tenant), str(check.resource), decision)
+
+    async def allow_remote(self, request: Request) -> Response:
+        owner, check = self._allow_request(request)
+        decision = await self.gateway.decide_remote(check, owner)
+        return self.render_decision(str(check.tenant), str(check.resource), decision)
+
+    def _allow_request(self, request: Request) -> tuple[str | None, Check]:
         params = parse_query(request.query)
         owner = self.gateway.identify(_api_key(request, params))
         if request.method == "POST" and request.body.strip():
@@ -130,10 +146,19 @@ class HttpApi:
                 resource=params.get("resource", "default"),
                 cost=parse_cost(params.get("cost")),
             )
-        decision = self.gateway.decide(check, owner)
-        return self.render_decision(str(check.tenant), str(check.resource), decision)
+        return owner, check
 
     def batch(self, request: Request) -> Response:
+        owner, checks = self._batch_request(request)
+        valid = [check for check in checks if isinstance(check, Check)]
+        return self._render_batch(checks, self.gateway.decide_batch(valid, owner))
+
+    async def batch_remote(self, request: Request) -> Response:
+        owner, checks = self._batch_request(request)
+        valid = [check for check in checks if isinstance(check, Check)]
+        return self._render_batch(checks, await self.gateway.decide_batch_remote(valid, owner))
+
+    def _batch_request(self, request: Request) -> tuple[str | None, list[Check | HeliosError]]:
         params = parse_query(request.query)
         owner = self.gateway.identify(_api_key(request, params))
         document = _json_object(request.body)
@@ -159,8 +184,12 @@ class HttpApi:
                 )
             except HeliosError as error:
                 checks.append(error)
-        valid = [check for check in checks if isinstance(check, Check)]
-        decided = iter(self.gateway.decide_batch(valid, owner))
+        return owner, checks
+
+    def _render_batch(
+        self, checks: list[Check | HeliosError], decisions: list[Decision | HeliosError]
+    ) -> Response:
+        decided = iter(decisions)
         results = []
         for check in checks:
             outcome = next(decided) if isinstance(check, Check) else check
@@ -178,6 +207,14 @@ class HttpApi:
         return Response(200, body)
 
     def quota(self, request: Request) -> Response:
+        owner, tenant, resource = self._quota_request(request)
+        return self.render_quota(self.gateway.quota(tenant, resource, owner))
+
+    async def quota_remote(self, request: Request) -> Response:
+        owner, tenant, resource = self._quota_request(request)
+        return self.render_quota(await self.gateway.quota_remote(tenant, resource, owner))
+
+    def _quota_request(self, request: Request) -> tuple[str | None, str, str]:
         params = parse_query(request.query)
         owner = self.gateway.identify(_api_key(request, params))
         try:
@@ -186,8 +223,7 @@ class HttpApi:
             raise InvalidRequest(
                 "the tenant in the path is not valid UTF-8", field="tenant"
             ) from None
-        quota = self.gateway.quota(tenant, params.get("resource", "default"), owner)
-        return self.render_quota(quota)
+        return owner, tenant, params.get("resource", "default")
 
     def no_route(self, request: Request) -> Response:
         raise NotFound(f"no route for {request.method} {request.path}")
@@ -226,7 +262,7 @@ class HttpApi:
             f'"reset_seconds": {decision.reset_seconds}, "reset_time": {decision.reset_time}, '
             f'"retry_after_seconds": {decision.retry_after_seconds}, '
             f'"retry_after_ms": {decision.retry_after_ms}, '
-            f'"policy": {_json_string(decision.policy.name)}, "mode": "{self.gateway.mode}"'
+            f'"policy": {_json_string(decision.policy.name)}, "mode": "{decision.mode}"'
             f"{extra}}}"
         )
 
@@ -251,7 +287,7 @@ class HttpApi:
             "reset_seconds": decision.reset_seconds,
             "reset_time": decision.reset_time,
             "shadow": decision.shadow,
-            "mode": self.gateway.mode,
+            "mode": decision.mode,
             "bands": [
                 {
                     "limit": band.band.limit,

@@ -20,6 +20,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from helios import __version__
+from helios.backends.breaker import CircuitState
 from helios.gateway.service import Gateway
 from helios.server.http import HTTPServer
 
@@ -95,6 +96,40 @@ class GatewayCollector(Collector):
         limits.add_metric(["denied"], gateway.denied)
         limits.add_metric(["shadow_denied"], gateway.shadow_denied)
         yield limits
+
+        modes = CounterMetricFamily(
+            "helios_decisions",
+            "Decisions by where they were made: fast (memory), strong (Redis), local"
+            " (memory, Redis failing), open (allowed, Redis failing).",
+            labels=["mode"],
+        )
+        for mode, count in sorted(gateway.modes.items()):
+            modes.add_metric([mode], count)
+        yield modes
+
+        if gateway.remote is not None:
+            errors = CounterMetricFamily(
+                "helios_backend_errors",
+                "Failed calls to the rate-limit store (Redis), by kind.",
+                labels=["kind"],
+            )
+            for kind, count in sorted(gateway.backend_errors.items()):
+                errors.add_metric([kind], count)
+            yield errors
+            breaker = gateway.breaker.statistics()
+            circuit = GaugeMetricFamily(
+                "helios_backend_circuit_state",
+                "Circuit breaker in front of Redis: 1 for the current state.",
+                labels=["state"],
+            )
+            for state in CircuitState:
+                circuit.add_metric([state.value], 1 if state is breaker.state else 0)
+            yield circuit
+            yield CounterMetricFamily(
+                "helios_backend_circuit_opened",
+                "Times the circuit breaker in front of Redis opened.",
+                value=breaker.opened,
+            )
 
         buckets, total = self.metrics.latency()
         latency = HistogramMetricFamily(

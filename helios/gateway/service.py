@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import trio
 
+from helios.backends.breaker import CircuitBreaker, CircuitState
 from helios.backends.memory import BucketTable
-from helios.core.decision import BandQuota, Decision
+from helios.core.decision import BandQuota, Decision, decide
 from helios.core.names import check_name
 from helios.core.policy import Policy, PolicySet, validate_cost
-from helios.errors import HeliosError, NotFound
+from helios.errors import BackendError, HeliosError, NotFound
 from helios.gateway.auth import KeyRing
 
 
@@ -59,8 +60,27 @@ class Quota:
     bands: list[BandQuota]
 
 
+class RemoteBackend(Protocol):
+    """A backend that decides over the network (STRONG mode: Redis)."""
+
+    async def decide(self, policy: Policy, tenant: str, resource: str, cost: int) -> Decision: ...
+
+    async def peek(
+        self, policy: Policy, tenant: str, resource: str
+    ) -> tuple[Decision, list[BandQuota]]: ...
+
+    async def ping(self) -> None: ...
+
+
 class Gateway:
-    """Decides requests against the current policies (FAST mode: in memory)."""
+    """Decides requests against the current policies.
+
+    FAST mode decides in the in-memory table (:meth:`decide`, synchronous).
+    STRONG mode decides in a remote backend (:meth:`decide_remote`); when the
+    backend fails or its circuit is open, each policy's ``failure_mode`` says
+    what to answer: ``local`` decides from the in-memory table, ``open``
+    allows, ``closed`` answers 503.
+    """
 
     def __init__(
         self,
@@ -71,6 +91,9 @@ class Gateway:
         *,
         role: str = "gateway",
         mode: str = "fast",
+        remote: RemoteBackend | None = None,
+        breaker: CircuitBreaker | None = None,
+        remote_timeout_seconds: float = 0.05,
     ) -> None:
         self.policies = policies
         self.table = table
@@ -78,6 +101,13 @@ class Gateway:
         self.clock = clock
         self.role = role
         self.mode = mode
+        self.remote = remote
+        self.breaker = breaker or CircuitBreaker()
+        self.remote_timeout_seconds = remote_timeout_seconds
+        # Decisions by where they were made (fast, strong, local, open), and
+        # remote failures by kind (timeout, unavailable, error).
+        self.modes: dict[str, int] = {}
+        self.backend_errors: dict[str, int] = {}
         # Counters read at scrape time; plain integers keep the hot path cheap.
         self.allowed = 0
         self.denied = 0
@@ -114,13 +144,115 @@ class Gateway:
 
     def decide(self, check: Check, owner: str | None) -> Decision:
         """Decide one check for an identified caller (see :meth:`identify`)."""
+        tenant, resource, policy = self._validate(check, owner)
+        decision = self.table.decide(policy, tenant, resource, self.clock.now_ns(), check.cost)
+        self._count(decision)
+        return decision
+
+    def _validate(self, check: Check, owner: str | None) -> tuple[str, str, Policy]:
         tenant = check_name(check.tenant, "tenant")
         self.keys.permit(owner, tenant)
         tenant, resource, policy = self.resolve(tenant, check.resource)
         validate_cost(policy, check.cost)
-        decision = self.table.decide(policy, tenant, resource, self.clock.now_ns(), check.cost)
+        return tenant, resource, policy
+
+    async def decide_remote(self, check: Check, owner: str | None) -> Decision:
+        """Decide one check in the remote backend, or as its failure mode says."""
+        tenant, resource, policy = self._validate(check, owner)
+        assert self.remote is not None
+        failure: BackendError
+        if self.breaker.allows(trio.current_time()):
+            try:
+                with trio.fail_after(self.remote_timeout_seconds * 2):
+                    decision = await self.remote.decide(policy, tenant, resource, check.cost)
+            except BackendError as error:
+                failure = error
+            except trio.TooSlowError:
+                failure = BackendError("the rate-limit store did not answer in time")
+            else:
+                self.breaker.success()
+                self._count(decision)
+                return decision
+            self._backend_failed(failure)
+        else:
+            failure = BackendError("the rate-limit store is unavailable (circuit open)")
+        decision = self._fallback(policy, tenant, resource, check.cost, failure)
         self._count(decision)
         return decision
+
+    def _backend_failed(self, error: BackendError) -> None:
+        kind = type(error).__name__
+        self.backend_errors[kind] = self.backend_errors.get(kind, 0) + 1
+        self.breaker.failure(trio.current_time())
+
+    def _fallback(
+        self, policy: Policy, tenant: str, resource: str, cost: int, failure: BackendError
+    ) -> Decision:
+        if policy.failure_mode == "closed":
+            raise failure
+        if policy.failure_mode == "open":
+            # Allowed without counting; the figures are those of a full bucket.
+            decision = decide(policy, None, self.clock.now_ns(), cost)[0]
+            decision.mode = "open"
+            return decision
+        decision = self.table.decide(policy, tenant, resource, self.clock.now_ns(), cost)
+        decision.mode = "local"
+        return decision
+
+    async def decide_batch_remote(
+        self, checks: list[Check], owner: str | None
+    ) -> list[Decision | HeliosError]:
+        """Like :meth:`decide_batch`, in the remote backend; in order."""
+        results: list[Decision | HeliosError] = []
+        for check in checks:
+            try:
+                results.append(await self.decide_remote(check, owner))
+            except HeliosError as error:
+                results.append(error)
+        return results
+
+    async def quota_remote(self, tenant: object, resource: object, owner: str | None) -> Quota:
+        """The current figures of a bucket in the remote backend, charging nothing."""
+        tenant = check_name(tenant, "tenant")
+        self.keys.permit(owner, tenant)
+        tenant, resource, policy = self.resolve(tenant, resource)
+        assert self.remote is not None
+        if self.breaker.allows(trio.current_time()):
+            try:
+                with trio.fail_after(self.remote_timeout_seconds * 2):
+                    decision, bands = await self.remote.peek(policy, tenant, resource)
+            except (BackendError, trio.TooSlowError) as error:
+                failure = (
+                    error
+                    if isinstance(error, BackendError)
+                    else BackendError("the rate-limit store did not answer in time")
+                )
+                self._backend_failed(failure)
+            else:
+                self.breaker.success()
+                return Quota(tenant, resource, decision, bands)
+        else:
+            failure = BackendError("the rate-limit store is unavailable (circuit open)")
+        if policy.failure_mode == "closed":
+            raise failure
+        decision, bands = self.table.peek(policy, tenant, resource, self.clock.now_ns())
+        decision.mode = "local" if policy.failure_mode == "local" else "open"
+        return Quota(tenant, resource, decision, bands)
+
+    async def probe_remote(self, interval_seconds: float = 0.25) -> None:
+        """While the circuit is open, ping the backend; close it once it answers."""
+        assert self.remote is not None
+        while True:
+            await trio.sleep(interval_seconds)
+            if self.breaker.state is CircuitState.CLOSED:
+                continue
+            try:
+                with trio.fail_after(max(self.remote_timeout_seconds * 4, 0.2)):
+                    await self.remote.ping()
+            except (BackendError, trio.TooSlowError):
+                self.breaker.failure(trio.current_time())
+            else:
+                self.breaker.success()
 
     def decide_batch(self, checks: list[Check], owner: str | None) -> list[Decision | HeliosError]:
         """Decide each check in order, each on its own; an error answers only its check."""
@@ -141,6 +273,7 @@ class Gateway:
         return Quota(tenant, resource, decision, bands)
 
     def _count(self, decision: Decision) -> None:
+        self.modes[decision.mode] = self.modes.get(decision.mode, 0) + 1
         if decision.would_allow:
             self.allowed += 1
         elif decision.allowed:
@@ -155,4 +288,9 @@ class Gateway:
             problems.append("no policies loaded")
         if self.keys.empty and not self.keys.disabled:
             problems.append("no API keys configured (set HELIOS_ALLOWED_API_KEYS)")
+        if self.remote is not None and self.breaker.state is not CircuitState.CLOSED:
+            problems.append(
+                "the rate-limit store (Redis) is not answering; decisions follow each"
+                " policy's failure_mode"
+            )
         return problems
