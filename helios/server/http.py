@@ -292,6 +292,7 @@ class _Connection:
         # Bytes received since the last complete request head. httptools holds
         # an unfinished header line in memory without reporting it, so the
         # size limit is enforced on what arrives, not only on what it parses.
+        self.idle_step = min(1.0, server.limits.idle_timeout_seconds / 10)
         self.head_bytes = 0
         self.head_limit = server.limits.max_request_line_bytes + server.limits.max_header_bytes
         self.url = b""
@@ -349,13 +350,20 @@ class _Connection:
         self.current = None
         if self.reject is not None:
             return
-        try:
-            parsed = httptools.parse_url(self.url)
-        except httptools.HttpParserInvalidURLError:
-            self._fail(_Reject(400, "malformed request target"))
-            return
-        request.path = (parsed.path or b"/").decode("utf-8", "surrogateescape")
-        request.query = (parsed.query or b"").decode("utf-8", "surrogateescape")
+        url = self.url
+        if url[:1] == b"/" and b"#" not in url:
+            # The usual origin form ("/path?query"), whose characters the
+            # parser has already checked: splitting it is all that is left.
+            path, _, query = url.partition(b"?")
+        else:
+            try:
+                parsed = httptools.parse_url(url)
+            except httptools.HttpParserInvalidURLError:
+                self._fail(_Reject(400, "malformed request target"))
+                return
+            path, query = parsed.path or b"/", parsed.query or b""
+        request.path = path.decode("utf-8", "surrogateescape")
+        request.query = query.decode("utf-8", "surrogateescape")
         request.body = b"".join(self.body_parts)
         request.keep_alive = self.parser.should_keep_alive()
         self.ready.append(request)
@@ -380,9 +388,8 @@ class _Connection:
     async def _loop(self) -> None:
         # One cancel scope serves the whole connection; moving its deadline is
         # much cheaper than a new scope per read. Its deadline is the idle
-        # timeout between requests, the request timeout once a request has
-        # begun, and the request timeout again while answering (a client that
-        # stops reading cannot hold the connection).
+        # timeout between requests and the request timeout once a request has
+        # begun.
         server = self.server
         limits = self.limits
         scope = self.scope
@@ -410,12 +417,11 @@ class _Connection:
             if self.head_bytes > self.head_limit and self.reject is None:
                 self._fail(_Reject(431, "request headers too large"))
 
+            # While answering, the deadline in force stays: a client that stops
+            # reading cannot hold the connection past it.
+            if self.ready and not await self._answer_ready():
+                return
             now = trio.current_time()
-            if self.ready:
-                scope.deadline = now + limits.request_timeout_seconds
-                if not await self._answer_ready():
-                    return
-                now = trio.current_time()
             if self.reject is not None:
                 server.bad_requests += 1
                 await self._send_error(self.reject.status, self.reject.message)
@@ -425,8 +431,13 @@ class _Connection:
                 # Only an answered request restarts the idle timeout: bytes
                 # that begin no request (blank lines) must not keep a
                 # connection open.
-                if self.answered:
-                    scope.deadline = now + limits.idle_timeout_seconds
+                # Moving a deadline costs a heap update in trio; on a busy
+                # connection it moves only in steps of a tenth of the idle
+                # timeout (at most a second), which is how much longer the
+                # idle timeout may then be.
+                idle_deadline = now + limits.idle_timeout_seconds
+                if self.answered and idle_deadline - scope.deadline > self.idle_step:
+                    scope.deadline = idle_deadline
             elif began or self.answered:
                 # A request began in this chunk: it has the request timeout
                 # from now, whatever remained of the idle timeout.
