@@ -60,6 +60,7 @@ WARMUP_SECONDS = 2
 READY_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 RATIO_BAR = 10.0
+STRONG_RATIO_BAR = 0.5
 P99_BAR_MS = 10.0
 DEFAULT_HELIOS_CMD = "{python} -m helios --role gateway --policies " + POLICIES
 BARE_CMD = "{python} -m hypercorn --worker-class trio --bind " + HOST + ":{port} bench.bare_app:app"
@@ -185,7 +186,13 @@ class Server:
         port: int,
         env_extra: dict[str, str],
         log_dir: Path,
+        *,
+        cpu: int = SERVER_CPU,
+        redis: bool = False,
     ) -> None:
+        self.cpu = cpu
+        # A Redis server answers PING on a plain socket instead of GET /health.
+        self.redis = redis
         self.name = name
         self.argv = argv
         self.port = port
@@ -197,7 +204,7 @@ class Server:
     @property
     def command(self) -> list[str]:
         """The full, pinned command line."""
-        return ["taskset", "-c", str(SERVER_CPU), *self.argv]
+        return ["taskset", "-c", str(self.cpu), *self.argv]
 
     def describe(self) -> str:
         """A shell-pasteable line reproducing the server start."""
@@ -242,9 +249,15 @@ class Server:
         while True:
             self.check_alive()
             try:
-                with urllib.request.urlopen(url, timeout=1.0) as resp:
-                    if resp.status == 200:
-                        return
+                if self.redis:
+                    with socket.create_connection((HOST, self.port), timeout=1.0) as sock:
+                        sock.sendall(b"PING\r\n")
+                        if sock.recv(16).startswith(b"+PONG"):
+                            return
+                else:
+                    with urllib.request.urlopen(url, timeout=1.0) as resp:
+                        if resp.status == 200:
+                            return
             except (urllib.error.URLError, OSError):
                 pass
             if time.monotonic() >= deadline:
@@ -308,29 +321,39 @@ def summarise(target: str, results: list[WrkResult]) -> Summary:
     )
 
 
-def format_table(bare: Summary, helios: Summary) -> str:
+def _ratio(a: Summary, b: Summary) -> float:
+    return a.requests_per_sec / b.requests_per_sec if b.requests_per_sec else 0.0
+
+
+def format_table(bare: Summary, helios: Summary, strong: Summary | None = None) -> str:
     """The results table, medians over the rounds."""
-    ratio = helios.requests_per_sec / bare.requests_per_sec if bare.requests_per_sec else 0.0
     header = (
         f"{'target':<8} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'helios/bare':>11} {'non-2xx':>8} {'sock err':>8}"
+        f"{'vs bare':>8} {'vs helios':>9} {'non-2xx':>8} {'sock err':>8}"
     )
     rows = [header, "-" * len(header)]
-    for summary, ratio_cell in ((bare, ""), (helios, f"{ratio:.2f}x")):
+    cells = [(bare, "", ""), (helios, f"{_ratio(helios, bare):.2f}x", "")]
+    if strong is not None:
+        cells.append((strong, f"{_ratio(strong, bare):.2f}x", f"{_ratio(strong, helios):.2f}x"))
+    for summary, vs_bare, vs_helios in cells:
         rows.append(
             f"{summary.target:<8} {summary.requests_per_sec:>10.0f} "
-            f"{summary.p50_ms:>8.2f} {summary.p99_ms:>8.2f} {ratio_cell:>11} "
+            f"{summary.p50_ms:>8.2f} {summary.p99_ms:>8.2f} {vs_bare:>8} {vs_helios:>9} "
             f"{summary.non_2xx_3xx:>8} {summary.socket_errors:>8}"
         )
     return "\n".join(rows)
 
 
-def verdict(bare: Summary, helios: Summary) -> tuple[str, dict[str, Any]]:
+def verdict(
+    bare: Summary, helios: Summary, strong: Summary | None = None
+) -> tuple[str, dict[str, Any]]:
     """The verdict line against the bars, and its machine-readable form."""
-    ratio = helios.requests_per_sec / bare.requests_per_sec if bare.requests_per_sec else 0.0
+    ratio = _ratio(helios, bare)
     ratio_ok = ratio >= RATIO_BAR
     p99_ok = helios.p99_ms <= P99_BAR_MS
-    passed = ratio_ok and p99_ok
+    strong_ratio = _ratio(strong, helios) if strong is not None else None
+    strong_ok = strong_ratio is None or strong_ratio >= STRONG_RATIO_BAR
+    passed = ratio_ok and p99_ok and strong_ok
     line = (
         f"VERDICT: {'PASS' if passed else 'FAIL'} -- "
         f"throughput helios/bare {ratio:.2f}x "
@@ -338,7 +361,15 @@ def verdict(bare: Summary, helios: Summary) -> tuple[str, dict[str, Any]]:
         f"helios p99 {helios.p99_ms:.2f} ms "
         f"(bar <= {P99_BAR_MS:g} ms: {'ok' if p99_ok else 'MISSED'})"
     )
+    if strong_ratio is not None:
+        line += (
+            f"; strong/helios {strong_ratio:.2f}x "
+            f"(bar >= {STRONG_RATIO_BAR:g}x: {'ok' if strong_ok else 'MISSED'})"
+        )
     return line, {
+        "strong_ratio": strong_ratio,
+        "strong_ratio_bar": STRONG_RATIO_BAR,
+        "strong_ok": strong_ok,
         "pass": passed,
         "ratio": ratio,
         "ratio_bar": RATIO_BAR,
@@ -371,6 +402,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="interpreter used to start the servers (default: this one)",
     )
     parser.add_argument("--json", metavar="FILE", type=Path, help="also write results to FILE")
+    parser.add_argument(
+        "--no-strong",
+        action="store_true",
+        help="skip the STRONG-mode target (which needs redis-server)",
+    )
     parser.add_argument("--helios-cmd", default=DEFAULT_HELIOS_CMD, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     for name in ("duration", "rounds", "connections"):
@@ -393,12 +429,42 @@ def check_prerequisites() -> None:
         )
 
 
-def build_servers(args: argparse.Namespace, log_dir: Path) -> tuple[Server, Server]:
-    """The bare and Helios servers, on fresh free ports (not yet started)."""
-    bare_port = free_port()
-    bare = Server("bare", split_cmd(BARE_CMD, args.python, bare_port), bare_port, {}, log_dir)
+def build_strong(args: argparse.Namespace, log_dir: Path) -> tuple[Server, Server]:
+    """A Redis server (on wrk's core: the server core is Helios's) and Helios in STRONG mode."""
+    redis_port = free_port()
+    redis = Server(
+        "redis",
+        [
+            "redis-server",
+            "--port",
+            str(redis_port),
+            "--bind",
+            HOST,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        redis_port,
+        {},
+        log_dir,
+        cpu=WRK_CPU,
+        redis=True,
+    )
     http_port = free_port()
-    helios_env = {
+    env = {
+        **_helios_env(http_port),
+        "GATEWAY_CONSISTENCY_MODE": "strong",
+        "HELIOS_REDIS_URL": f"redis://{HOST}:{redis_port}/0",
+    }
+    strong = Server(
+        "strong", split_cmd(args.helios_cmd, args.python, http_port), http_port, env, log_dir
+    )
+    return redis, strong
+
+
+def _helios_env(http_port: int) -> dict[str, str]:
+    return {
         "HELIOS_ALLOWED_API_KEYS": API_KEY,
         "HELIOS_HTTP_HOST": HOST,
         "HELIOS_HTTP_PORT": str(http_port),
@@ -407,6 +473,14 @@ def build_servers(args: argparse.Namespace, log_dir: Path) -> tuple[Server, Serv
         "HELIOS_GRPC_PORT": str(free_port()),
         "HELIOS_LOG_LEVEL": "warning",
     }
+
+
+def build_servers(args: argparse.Namespace, log_dir: Path) -> tuple[Server, Server]:
+    """The bare and Helios servers, on fresh free ports (not yet started)."""
+    bare_port = free_port()
+    bare = Server("bare", split_cmd(BARE_CMD, args.python, bare_port), bare_port, {}, log_dir)
+    http_port = free_port()
+    helios_env = _helios_env(http_port)
     helios = Server(
         "helios",
         split_cmd(args.helios_cmd, args.python, http_port),
@@ -427,17 +501,28 @@ def run(args: argparse.Namespace) -> int:
         f"{args.rounds} alternating round(s) of {args.duration} s "
         "and the table quotes medians."
     )
+    strong_wanted = not args.no_strong and shutil.which("redis-server") is not None
+    if not args.no_strong and not strong_wanted:
+        print("redis-server not found: the STRONG-mode target is skipped")
     results: dict[str, list[WrkResult]] = {"bare": [], "helios": []}
     with tempfile.TemporaryDirectory(prefix="helios-bench-") as tmp:
         bare, helios = build_servers(args, Path(tmp))
-        servers = (bare, helios)
+        servers: tuple[Server, ...] = (bare, helios)
+        helpers: tuple[Server, ...] = ()
+        if strong_wanted:
+            redis, strong = build_strong(args, Path(tmp))
+            servers = (*servers, strong)
+            helpers = (redis,)
+            results["strong"] = []
         try:
-            for server in servers:
+            for server in (*helpers, *servers):
                 server.start()
-            for server in servers:
+            for server in (*helpers, *servers):
                 server.wait_ready()
 
             print("\nCommands:")
+            for server in helpers:
+                print(f"  {server.name} server: {server.describe()}")
             for server in servers:
                 print(f"  {server.name} server: {server.describe()}")
                 cmd = wrk_command(server.port, args.duration, args.connections)
@@ -467,19 +552,21 @@ def run(args: argparse.Namespace) -> int:
                         flush=True,
                     )
         finally:
-            for server in servers:
+            for server in (*servers, *helpers):
                 server.stop()
 
     bare_sum = summarise("bare", results["bare"])
     helios_sum = summarise("helios", results["helios"])
-    line, verdict_data = verdict(bare_sum, helios_sum)
+    strong_sum = summarise("strong", results["strong"]) if "strong" in results else None
+    line, verdict_data = verdict(bare_sum, helios_sum, strong_sum)
     print(
         f"\nMedians over {args.rounds} round(s) of {args.duration} s, "
         f"{args.connections} connections:"
     )
-    print(format_table(bare_sum, helios_sum))
+    print(format_table(bare_sum, helios_sum, strong_sum))
     print()
-    for summary in (bare_sum, helios_sum):
+    summaries = [bare_sum, helios_sum] + ([strong_sum] if strong_sum else [])
+    for summary in summaries:
         if summary.non_2xx_3xx or summary.socket_errors:
             print(
                 f"WARNING: {summary.target} had {summary.non_2xx_3xx} non-2xx/3xx "
@@ -503,7 +590,7 @@ def run(args: argparse.Namespace) -> int:
                 for s in servers
             },
             "rounds_raw": {name: [asdict(r) for r in rs] for name, rs in results.items()},
-            "median": {s.target: asdict(s) for s in (bare_sum, helios_sum)},
+            "median": {s.target: asdict(s) for s in summaries},
             "verdict": {**verdict_data, "line": line},
         }
         args.json.write_text(json.dumps(payload, indent=2) + "\n")

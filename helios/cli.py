@@ -10,7 +10,8 @@ from collections.abc import Sequence
 import trio
 
 from helios import __version__
-from helios.config import ROLES, Config, load_config, redact_url, setting_names
+from helios.backends.redis.url import redact
+from helios.config import ROLES, Config, load_config, setting_names
 from helios.errors import ConfigError
 from helios.logs import configure_logging
 
@@ -101,7 +102,7 @@ def _print_config(config: Config) -> None:
         if "api_keys" in key:
             value = f"<{len(value)} keys>"
         elif name == "redis.url":
-            value = redact_url(value)
+            value = redact(value)
         print(f"{name} = {value!r}")
 
 

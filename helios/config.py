@@ -330,17 +330,6 @@ def _get(config: Config, setting: str) -> Any:
     return getattr(getattr(config, section), key)
 
 
-def redact_url(url: str) -> str:
-    """``url`` without the password it may carry, for logs and messages."""
-    scheme, sep, rest = url.partition("://")
-    credentials, at, location = rest.rpartition("@")
-    if not sep or not at:
-        return url
-    # "user:password" keeps the user; anything else may be a bare password.
-    user, colon, _ = credentials.partition(":")
-    return f"{scheme}://{user}:***@{location}" if colon and user else f"{scheme}://***@{location}"
-
-
 def describe_settings() -> str:
     """A table of every setting, its environment variable and default (for docs)."""
     defaults = Config()

@@ -21,14 +21,16 @@ from dataclasses import dataclass, field
 import trio
 
 from helios import __version__
+from helios.backends.breaker import CircuitBreaker, CircuitState
 from helios.backends.memory import BucketTable
+from helios.backends.redis.url import redact
 from helios.config import Config
-from helios.errors import ConfigError
+from helios.errors import BackendError, ConfigError
 from helios.gateway.auth import KeyRing
 from helios.gateway.http_api import HttpApi, error_body
 from helios.gateway.metrics import GatewayCollector, GatewayMetrics, make_registry
 from helios.gateway.metrics_http import MetricsApi
-from helios.gateway.service import Clock, Gateway
+from helios.gateway.service import Clock, Gateway, RemoteBackend
 from helios.server.http import HTTPServer, Limits
 from helios.store.policy_file import file_version, load_policies
 
@@ -52,12 +54,37 @@ class Runtime:
     stopping: trio.Event = field(default_factory=trio.Event)
 
 
-def build_gateway(config: Config, clock: Clock | None = None) -> tuple[Gateway, str]:
+def build_gateway(
+    config: Config, clock: Clock | None = None, remote: RemoteBackend | None = None
+) -> tuple[Gateway, str]:
     policies, source = load_policies(config.policies.file or None)
     keys = KeyRing(config.gateway.allowed_api_keys, disabled=config.gateway.auth_disabled)
     table = BucketTable(config.gateway.max_buckets)
+    where = redact(config.redis.url)
+
+    def circuit_changed(state: CircuitState) -> None:
+        if state is CircuitState.CLOSED:
+            log.warning("Redis at %s answers again; deciding in Redis", where)
+        elif state is CircuitState.OPEN:
+            log.warning(
+                "Redis at %s is failing; decisions follow each policy's failure_mode", where
+            )
+
+    breaker = CircuitBreaker(
+        failure_threshold=config.redis.breaker_failures,
+        cooldown_seconds=config.redis.breaker_cooldown_seconds,
+        on_change=circuit_changed,
+    )
     gateway = Gateway(
-        policies, table, keys, clock or Clock(), role=config.role, mode=config.gateway.mode
+        policies,
+        table,
+        keys,
+        clock or Clock(),
+        role=config.role,
+        mode=config.gateway.mode,
+        remote=remote,
+        breaker=breaker,
+        remote_timeout_seconds=config.redis.timeout_ms / 1000,
     )
     return gateway, source
 
@@ -89,19 +116,35 @@ async def run(
     task_status: trio.TaskStatus[Runtime] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the process's roles until a signal (or cancellation) stops them."""
-    runtime = Runtime(config)
     if config.role == "control":
         raise ConfigError(
             "the control role is not available in this version; run --role gateway or --role all"
         )
-    if config.gateway.mode == "strong":
-        raise ConfigError(
-            "gateway.mode strong (GATEWAY_CONSISTENCY_MODE=strong) is not available in this"
-            " version; use fast"
-        )
-    gateway, source = build_gateway(config, clock)
+    if config.gateway.mode != "strong":
+        await _run_gateway(config, clock, None, task_status)
+        return
+    from helios.backends.redis import open_redis
+    from helios.backends.redis.strong import StrongBackend
+
+    async with open_redis(
+        config.redis.url, timeout_ms=config.redis.timeout_ms, pool_size=config.redis.pool_size
+    ) as redis:
+        remote = StrongBackend(redis, key_prefix=config.redis.key_prefix)
+        await _run_gateway(config, clock, remote, task_status)
+
+
+async def _run_gateway(
+    config: Config,
+    clock: Clock | None,
+    remote: RemoteBackend | None,
+    task_status: trio.TaskStatus[Runtime],
+) -> None:
+    runtime = Runtime(config)
+    gateway, source = build_gateway(config, clock, remote)
     runtime.gateway = gateway
     tls = _tls_context(config)
+    if remote is not None:
+        await _check_remote(gateway, config)
 
     metrics = GatewayMetrics()
     api = HttpApi(gateway, metrics, max_batch_checks=config.gateway.max_batch_checks)
@@ -145,6 +188,8 @@ async def run(
             )
             runtime.addresses["metrics"] = listeners[0].socket.getsockname()[:2]
         nursery.start_soon(_sweep, gateway)
+        if remote is not None:
+            nursery.start_soon(gateway.probe_remote)
         if config.policies.file:
             nursery.start_soon(_watch_policy_file, gateway, config.policies.file)
         _log_summary(runtime, source, tls is not None)
@@ -156,6 +201,22 @@ async def _sweep(gateway: Gateway) -> None:
     while True:
         await trio.sleep(SWEEP_INTERVAL_SECONDS)
         table.sweep(gateway.clock.now_ns(), SWEEP_BUDGET)
+
+
+async def _check_remote(gateway: Gateway, config: Config) -> None:
+    """Ask Redis once at start-up; if it does not answer, start with the circuit open."""
+    assert gateway.remote is not None
+    try:
+        with trio.fail_after(1.0):
+            await gateway.remote.ping()
+    except (BackendError, trio.TooSlowError) as error:
+        gateway.breaker.trip(trio.current_time())
+        log.warning(
+            "Redis at %s is not answering (%s); decisions follow each policy's"
+            " failure_mode until it does",
+            redact(config.redis.url),
+            error,
+        )
 
 
 async def _watch_policy_file(gateway: Gateway, path: str) -> None:
@@ -212,11 +273,14 @@ def _log_summary(runtime: Runtime, source: str, tls: bool) -> None:
         f"{name} {'https' if tls and name == 'http' else 'http'}://{host}:{port}"
         for name, (host, port) in runtime.addresses.items()
     )
+    mode = gateway.mode
+    if gateway.remote is not None:
+        mode += f" (redis {redact(config.redis.url)}, timeout {config.redis.timeout_ms} ms)"
     log.info(
         "helios %s started: role %s, mode %s, %d policies from %s, max %d buckets; %s",
         __version__,
         config.role,
-        gateway.mode,
+        mode,
         len(gateway.policies),
         source,
         config.gateway.max_buckets,

@@ -433,11 +433,11 @@ class _Connection:
                 # connection open.
                 # Moving a deadline costs a heap update in trio; on a busy
                 # connection it moves only in steps of a tenth of the idle
-                # timeout (at most a second), which is how much longer the
-                # idle timeout may then be.
+                # timeout (at most a second), which is how much longer than
+                # the idle timeout a connection may then stay open.
                 idle_deadline = now + limits.idle_timeout_seconds
-                if self.answered and idle_deadline - scope.deadline > self.idle_step:
-                    scope.deadline = idle_deadline
+                if self.answered and scope.deadline < idle_deadline:
+                    scope.deadline = idle_deadline + self.idle_step
             elif began or self.answered:
                 # A request began in this chunk: it has the request timeout
                 # from now, whatever remained of the idle timeout.
