@@ -46,6 +46,7 @@ format: $(STAMP)
 check-pins: $(STAMP)
 	$(BIN)/python -m helios.tools.check_pins
 
+# Bandit's rules, as ruff runs them (pyproject.toml says which are waived and why).
 security-scan: $(STAMP)
 	$(BIN)/ruff check --select S helios
 

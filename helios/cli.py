@@ -89,7 +89,11 @@ def _overrides(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, str]
     for item in args.set:
         setting, sep, value = item.partition("=")
         if not sep or setting not in known:
-            raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE with a known setting")
+            # The setting only: the value may be a secret.
+            raise ConfigError(
+                f"--set {setting!r}: expected SECTION.KEY=VALUE with a known setting"
+                " (see --print-config for the list)"
+            )
         overrides[setting] = value
         sources[setting] = f"--set {setting}"
     return overrides, sources

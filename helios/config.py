@@ -11,7 +11,9 @@ a typo must never be silently ignored.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -240,17 +242,21 @@ def _apply_file(config: Config, path: Path) -> None:
         raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} nests arrays or tables too deeply") from None
     sections = _sections()
     for key, value in data.items():
         if key == "role":
-            _set(config, "role", value, source=str(path))
+            _set(config, "role", value, source=str(path), typed=True)
             continue
         if key not in sections:
             raise ConfigError(f"{path}: unknown setting {key!r}")
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: [{key}] must be a table")
         for inner, inner_value in value.items():
-            _set(config, f"{key}.{inner}", inner_value, source=str(path))
+            _set(config, f"{key}.{inner}", inner_value, source=str(path), typed=True)
 
 
 def _apply_environment(config: Config, environ: Mapping[str, str]) -> None:
@@ -264,59 +270,70 @@ def _apply_environment(config: Config, environ: Mapping[str, str]) -> None:
             and not variable.startswith(_NOT_SETTINGS_PREFIX)
         ):
             raise ConfigError(f"unknown environment variable {variable}")
-    # Aliases first, so that the HELIOS_SECTION_KEY name wins when both are set.
+    for alias, setting in ALIASES.items():
+        name = env_name(setting)
+        both = alias != name and alias in environ and name in environ
+        if both and environ[alias] != environ[name]:
+            raise ConfigError(f"both {alias} and {name} are set, to different values; set only one")
     for variable, setting in [*ALIASES.items(), *canonical.items()]:
         if variable in environ:
             _set(config, setting, environ[variable], source=variable)
 
 
-def _set(config: Config, setting: str, value: object, *, source: str) -> None:
+def _set(config: Config, setting: str, value: object, *, source: str, typed: bool = False) -> None:
     section_name, _, key = setting.rpartition(".")
     target: Any = getattr(config, section_name) if section_name else config
     hints = get_type_hints(type(target))
     if key not in hints or (section_name and section_name not in _sections()):
         raise ConfigError(f"{source}: unknown setting {setting!r}")
-    setattr(target, key, _convert(value, hints[key], setting, source))
+    setattr(target, key, _convert(value, hints[key], setting, source, typed))
 
 
-def _convert(value: object, hint: Any, setting: str, source: str) -> Any:
+def _convert(value: object, hint: Any, setting: str, source: str, typed: bool) -> Any:
+    """``value`` as the setting's type.
+
+    Text (from the environment or a flag) is parsed; a ``typed`` value (from
+    the TOML file) must already have the right type: ``port = "8080"`` is a
+    mistake there.
+    """
     where = f"{setting} (from {source})"
     # Never echo what may be a secret.
     secret = "key" in setting.rsplit(".", 1)[-1] and "path" not in setting
     shown = "<redacted>" if secret else repr(value)
+    text = value.strip() if isinstance(value, str) and not typed else None
     if hint is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+        if text is not None and text.lower() in ("true", "1", "yes", "on"):
             return True
-        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off", ""):
+        if text is not None and text.lower() in ("false", "0", "no", "off", ""):
             return False
         raise ConfigError(f"{where} must be true or false, got {shown}")
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        text = value.strip() if isinstance(value, str) else ""
-        if text.isascii() and text.isdigit():
+        if text is not None and text.isascii() and text.isdigit():
             return int(text)
         raise ConfigError(f"{where} must be a whole number, got {shown}")
     if hint is float:
+        number: float | None = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where} must be a number, got {shown}")
+            number = float(value)
+        elif text is not None:
+            with contextlib.suppress(ValueError):
+                number = float(text)
+        if number is not None and math.isfinite(number):
+            return number
+        raise ConfigError(f"{where} must be a finite number, got {shown}")
     if hint is str:
         if isinstance(value, str):
             return value
         raise ConfigError(f"{where} must be a string, got {shown}")
     # list[str]: a TOML array, or comma-separated text.
-    if isinstance(value, str):
-        return [item.strip() for item in value.split(",") if item.strip()]
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
         return list(value)
+    if text is not None:
+        return [item.strip() for item in text.split(",") if item.strip()]
     raise ConfigError(f"{where} must be a list of strings, got {shown}")
 
 

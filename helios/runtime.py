@@ -222,24 +222,35 @@ async def _check_remote(gateway: Gateway, config: Config) -> None:
 async def _watch_policy_file(gateway: Gateway, path: str) -> None:
     """Apply changes to the policy file within a second, keeping every counter.
 
-    A file that does not load is reported and ignored: the gateway keeps
-    serving the policies it has.
+    A change is seen by the file's modification time and size; SIGHUP reloads
+    it regardless. A file that does not load is reported and ignored: the
+    gateway keeps serving the policies it has.
     """
     version = file_version(path)
-    while True:
-        await trio.sleep(POLICY_FILE_POLL_SECONDS)
-        current = file_version(path)
-        if current == version:
-            continue
-        version = current
-        revision = gateway.policies.revision + 1
-        try:
-            policies, _ = load_policies(path, revision=revision)
-        except ConfigError as error:
-            log.error("policy file not reloaded, keeping the previous policies: %s", error.message)
-            continue
-        gateway.set_policies(policies)
-        log.info("reloaded %d policies from %s (revision %d)", len(policies), path, revision)
+    with trio.open_signal_receiver(signal.SIGHUP) as hangups:
+        while True:
+            forced = False
+            with trio.move_on_after(POLICY_FILE_POLL_SECONDS):
+                async for _ in hangups:
+                    forced = True
+                    break
+            current = file_version(path)
+            if current == version and not forced:
+                continue
+            version = current
+            await _reload(gateway, path)
+
+
+async def _reload(gateway: Gateway, path: str) -> None:
+    revision = gateway.policies.revision + 1
+    try:
+        # In a thread: parsing a large file must not stall the decisions.
+        policies, _ = await trio.to_thread.run_sync(lambda: load_policies(path, revision=revision))
+    except ConfigError as error:
+        log.error("policy file not reloaded, keeping the previous policies: %s", error.message)
+        return
+    gateway.set_policies(policies)
+    log.info("reloaded %d policies from %s (revision %d)", len(policies), path, revision)
 
 
 async def _watch_signals(runtime: Runtime, root: trio.CancelScope) -> None:

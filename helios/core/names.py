@@ -58,11 +58,15 @@ def check_name(value: object, field: str) -> str:
             field=field,
         )
     # isprintable() is a fast C check that passes almost every real name; only
-    # names it rejects need the exact (slower) test for control characters.
-    if not value.isprintable() and not _CONTROL.isdisjoint(value):
-        raise InvalidRequest(
-            f"{field} must not contain control characters, got {value!r}", field=field
-        )
+    # names it rejects need the exact (slower) tests.
+    if not value.isprintable():
+        if not _CONTROL.isdisjoint(value):
+            raise InvalidRequest(
+                f"{field} must not contain control characters, got {value!r}", field=field
+            )
+        if any("\ud800" <= char <= "\udfff" for char in value):
+            # A lone surrogate (possible in JSON's \u escapes) is not text.
+            raise InvalidRequest(f"{field} must be valid Unicode text", field=field)
     return value
 
 

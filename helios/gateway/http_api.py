@@ -7,6 +7,7 @@ headers. Decisions themselves come from :class:`~helios.gateway.service.Gateway`
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import unquote, unquote_plus
@@ -21,6 +22,8 @@ from helios.gateway.service import Check, Gateway, Quota
 from helios.server.http import Request, Response
 
 # HEAD is not offered: it must not have side effects, and a decision charges.
+log = logging.getLogger("helios.http")
+
 _ALLOW_METHODS = ("GET", "POST")
 
 _MAX_QUERY_PARAMETERS = 32
@@ -30,7 +33,8 @@ def error_body(status: int, message: str, field: str | None = None) -> bytes:
     body: dict[str, object] = {"error": message}
     if field is not None:
         body["field"] = field
-    return json.dumps(body, ensure_ascii=False).encode()
+    # ASCII-escaped: a message may quote caller input, which must not break encoding.
+    return json.dumps(body).encode()
 
 
 def parse_query(query: str) -> dict[str, str]:
@@ -95,6 +99,12 @@ class HttpApi:
             response = result if type(result) is Response else await result  # type: ignore[misc]
         except HeliosError as error:
             response = self.error(error)
+        except Exception:
+            # A bug, not a caller's fault: answered, logged and counted like
+            # any other response (never with the request's query, which may
+            # hold an API key).
+            log.exception("internal error answering %s %s", request.method, route)
+            response = Response(500, error_body(500, "internal error"))
         self.metrics.observe(route, response.status, time.perf_counter() - started)
         return response
 
@@ -202,7 +212,7 @@ class HttpApi:
                 entry: dict[str, object] = {"error": outcome.message, "status": outcome.http_status}
                 if outcome.field is not None:
                     entry["field"] = outcome.field
-                results.append(json.dumps(entry, ensure_ascii=False))
+                results.append(json.dumps(entry))
         body = ('{"results": [' + ", ".join(results) + "]}").encode()
         return Response(200, body)
 
@@ -335,17 +345,24 @@ def _json_object(body: bytes) -> dict[str, object]:
         document = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise InvalidRequest("the request body is not valid JSON", field="body") from None
+    except RecursionError:
+        raise InvalidRequest("the request body nests too deeply", field="body") from None
     if not isinstance(document, dict):
         raise InvalidRequest("the request body must be a JSON object", field="body")
     return document
 
 
 def _api_key(request: Request, params: dict[str, str]) -> str | None:
-    key = request.header(b"x-api-key")
-    if key is None:
-        authorization = request.header(b"authorization")
-        if authorization is not None and authorization[:7].lower() == b"bearer ":
+    """The key from X-API-Key, Authorization: Bearer, or api_key, in that order.
+
+    Surrounding white space is not part of a header value; an empty one
+    counts as absent, so that a key given another way is still found.
+    """
+    key = (request.header(b"x-api-key") or b"").strip()
+    if not key:
+        authorization = (request.header(b"authorization") or b"").strip()
+        if authorization[:7].lower() == b"bearer ":
             key = authorization[7:].strip()
-    if key is not None:
+    if key:
         return key.decode("utf-8", "surrogateescape")
-    return params.get("api_key")
+    return params.get("api_key") or None

@@ -293,6 +293,8 @@ class _Connection:
         # an unfinished header line in memory without reporting it, so the
         # size limit is enforced on what arrives, not only on what it parses.
         self.idle_step = min(1.0, server.limits.idle_timeout_seconds / 10)
+        # The client sent "Expect: 100-continue" and waits before its body.
+        self.continue_wanted = False
         self.head_bytes = 0
         self.head_limit = server.limits.max_request_line_bytes + server.limits.max_header_bytes
         self.url = b""
@@ -333,9 +335,18 @@ class _Connection:
         request = self.current
         assert request is not None
         request.method = self.parser.get_method().decode("ascii", "replace")
+        if request.header(b"upgrade") is not None:
+            # Refused before it is answered: the request must not be decided
+            # and then followed by an error.
+            self._fail(_Reject(400, "protocol upgrades are not supported"))
+            return
         length = request.header(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limits.max_body_bytes:
             self._fail(_Reject(413, f"request body larger than {self.limits.max_body_bytes} bytes"))
+            return
+        expect = request.header(b"expect")
+        if expect is not None and expect.lower() == b"100-continue":
+            self.continue_wanted = True
 
     def on_body(self, body: bytes) -> None:
         self.body_bytes += len(body)
@@ -421,6 +432,11 @@ class _Connection:
             # reading cannot hold the connection past it.
             if self.ready and not await self._answer_ready():
                 return
+            # After the answers to any earlier pipelined requests, in order.
+            if self.continue_wanted:
+                self.continue_wanted = False
+                if self.current is not None and self.reject is None:
+                    await self.stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
             now = trio.current_time()
             if self.reject is not None:
                 server.bad_requests += 1

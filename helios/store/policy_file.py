@@ -45,6 +45,8 @@ def parse_policies(text: str, source: str, *, revision: int = 1) -> PolicySet:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{source} is not valid TOML: {error}") from None
+    except RecursionError:
+        raise ConfigError(f"{source} nests arrays or tables too deeply") from None
     unknown = sorted(set(data) - {"policies"})
     if unknown:
         raise ConfigError(f"{source}: unknown top-level key {unknown[0]!r} (expected [[policies]])")

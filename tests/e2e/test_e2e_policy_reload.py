@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -62,3 +64,21 @@ def test_a_policy_file_change_applies_without_refilling(
         assert quota["limit"] == 5
     assert "policy file not reloaded" in helios.log()
     assert "policies[0].resource is required" in helios.log()
+
+
+def test_sighup_reloads_an_edit_the_poll_cannot_see(
+    helios_factory: Callable[..., HeliosProcess],
+) -> None:
+    helios = helios_factory(policies=POLICY.format(limit=10))
+    policy_file = Path(helios.log_path).parent / "policies.toml"
+    stat = policy_file.stat()
+    with helios.client() as client:
+        # Same size, same modification time: invisible to the one-second poll.
+        policy_file.write_text(POLICY.format(limit=30), encoding="utf-8")
+        os.utime(policy_file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        time.sleep(1.5)  # longer than one poll
+        assert client.get(QUOTA, headers=HEADERS).json()["limit"] == 10
+
+        helios.process.send_signal(signal.SIGHUP)
+        quota = _wait_for_limit(client, 30)
+        assert quota["limit"] == 30

@@ -250,7 +250,7 @@ class RedisCluster:
         slots = self._slots
         if slots is None or self._closed:
             slots = await self._slot_table(deadline)
-        slot = key_slot(key) if key is not None else random.randrange(SLOT_COUNT)
+        slot = key_slot(key) if key is not None else random.randrange(SLOT_COUNT)  # noqa: S311 - spreading load, not a secret
         pool = slots[slot]
         asking = False
         redirections = 0
