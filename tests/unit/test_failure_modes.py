@@ -31,7 +31,9 @@ class FakeRemote:
 
     async def _trouble(self) -> None:
         if self.hanging:
-            await trio.sleep_forever()
+            # A backend times out on its own (see RemoteBackend).
+            await trio.sleep(0.05)
+            raise BackendError("timed out after 50 ms")
         if self.failing:
             raise BackendError("connection refused")
 
