@@ -12,6 +12,7 @@ finish; then everything is cancelled and the process exits 0.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -52,6 +53,12 @@ class Runtime:
     http_servers: list[HTTPServer] = field(default_factory=list)
     addresses: dict[str, tuple[str, int]] = field(default_factory=dict)
     stopping: trio.Event = field(default_factory=trio.Event)
+    # SIGHUP asks for a policy reload through this channel (room for one).
+    reload_requests: trio.MemorySendChannel[None] = field(init=False)
+    reload_received: trio.MemoryReceiveChannel[None] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.reload_requests, self.reload_received = trio.open_memory_channel[None](1)
 
 
 def build_gateway(
@@ -191,7 +198,9 @@ async def _run_gateway(
         if remote is not None:
             nursery.start_soon(gateway.probe_remote)
         if config.policies.file:
-            nursery.start_soon(_watch_policy_file, gateway, config.policies.file)
+            nursery.start_soon(
+                _watch_policy_file, gateway, config.policies.file, runtime.reload_received
+            )
         _log_summary(runtime, source, tls is not None)
         task_status.started(runtime)
 
@@ -219,26 +228,26 @@ async def _check_remote(gateway: Gateway, config: Config) -> None:
         )
 
 
-async def _watch_policy_file(gateway: Gateway, path: str) -> None:
+async def _watch_policy_file(
+    gateway: Gateway, path: str, requests: trio.MemoryReceiveChannel[None]
+) -> None:
     """Apply changes to the policy file within a second, keeping every counter.
 
-    A change is seen by the file's modification time and size; SIGHUP reloads
-    it regardless. A file that does not load is reported and ignored: the
-    gateway keeps serving the policies it has.
+    A change is seen by the file's modification time and size; a request
+    (SIGHUP) reloads it regardless. A file that does not load is reported and
+    ignored: the gateway keeps serving the policies it has.
     """
     version = file_version(path)
-    with trio.open_signal_receiver(signal.SIGHUP) as hangups:
-        while True:
-            forced = False
-            with trio.move_on_after(POLICY_FILE_POLL_SECONDS):
-                async for _ in hangups:
-                    forced = True
-                    break
-            current = file_version(path)
-            if current == version and not forced:
-                continue
-            version = current
-            await _reload(gateway, path)
+    while True:
+        forced = False
+        with trio.move_on_after(POLICY_FILE_POLL_SECONDS):
+            await requests.receive()
+            forced = True
+        current = file_version(path)
+        if current == version and not forced:
+            continue
+        version = current
+        await _reload(gateway, path)
 
 
 async def _reload(gateway: Gateway, path: str) -> None:
@@ -254,8 +263,16 @@ async def _reload(gateway: Gateway, path: str) -> None:
 
 
 async def _watch_signals(runtime: Runtime, root: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    """SIGINT / SIGTERM drain and stop the process; SIGHUP reloads the policy file."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async for signum in signals:
+            if signum == signal.SIGHUP:
+                if not runtime.config.policies.file:
+                    log.info("received SIGHUP; nothing to reload (built-in policies)")
+                # A reload already asked for and not yet done covers this one.
+                with contextlib.suppress(trio.WouldBlock):
+                    runtime.reload_requests.send_nowait(None)
+                continue
             log.info("received %s; draining", signal.Signals(signum).name)
             await shutdown(runtime, root)
             return

@@ -15,7 +15,7 @@ import trio
 
 from helios.backends.breaker import CircuitBreaker, CircuitState
 from helios.backends.memory import BucketTable
-from helios.core.decision import BandQuota, Decision, decide
+from helios.core.decision import BandQuota, Decision, decide, inspect
 from helios.core.names import check_name
 from helios.core.policy import Policy, PolicySet, validate_cost
 from helios.errors import BackendError, HeliosError, NotFound
@@ -110,7 +110,7 @@ class Gateway:
         self.breaker = breaker or CircuitBreaker()
         self.remote_timeout_seconds = remote_timeout_seconds
         # Decisions by where they were made (fast, strong, local, open), and
-        # remote failures by kind (timeout, unavailable, error).
+        # remote failures by the error's class name (RedisTimeout, ...).
         self.modes: dict[str, int] = {}
         self.backend_errors: dict[str, int] = {}
         # Counters read at scrape time; plain integers keep the hot path cheap.
@@ -163,10 +163,24 @@ class Gateway:
 
     async def decide_remote(self, check: Check, owner: str | None) -> Decision:
         """Decide one check in the remote backend, or as its failure mode says."""
+        decision, _ = await self._decide_remote(check, owner, None)
+        return decision
+
+    async def _decide_remote(
+        self, check: Check, owner: str | None, failed: BackendError | None
+    ) -> tuple[Decision, BackendError | None]:
+        """The decision, and the backend's failure if there was one.
+
+        ``failed``: the backend already failed while serving this request (an
+        earlier check of a batch); decide without asking it again, so that a
+        request waits for one timeout at most.
+        """
         tenant, resource, policy = self._validate(check, owner)
         assert self.remote is not None
         failure: BackendError
-        if self.breaker.allows(trio.current_time()):
+        if failed is not None:
+            failure = failed
+        elif self.breaker.allows(trio.current_time()):
             try:
                 decision = await self.remote.decide(policy, tenant, resource, check.cost)
             except BackendError as error:
@@ -174,13 +188,13 @@ class Gateway:
             else:
                 self.breaker.success()
                 self._count(decision)
-                return decision
+                return decision, None
             self._backend_failed(failure)
         else:
             failure = BackendError("the rate-limit store is unavailable (circuit open)")
         decision = self._fallback(policy, tenant, resource, check.cost, failure)
         self._count(decision)
-        return decision
+        return decision, failure
 
     def _backend_failed(self, error: BackendError) -> None:
         kind = type(error).__name__
@@ -204,13 +218,24 @@ class Gateway:
     async def decide_batch_remote(
         self, checks: list[Check], owner: str | None
     ) -> list[Decision | HeliosError]:
-        """Like :meth:`decide_batch`, in the remote backend; in order."""
+        """Like :meth:`decide_batch`, in the remote backend; in order.
+
+        Once the backend fails for one check, the rest of the batch follows the
+        failure modes at once: the whole batch waits for one timeout at most.
+        """
         results: list[Decision | HeliosError] = []
+        failed: BackendError | None = None
         for check in checks:
             try:
-                results.append(await self.decide_remote(check, owner))
+                decision, failure = await self._decide_remote(check, owner, failed)
+            except BackendError as error:  # failure_mode "closed"
+                failed = failed or error
+                results.append(error)
             except HeliosError as error:
                 results.append(error)
+            else:
+                failed = failed or failure
+                results.append(decision)
         return results
 
     async def quota_remote(self, tenant: object, resource: object, owner: str | None) -> Quota:
@@ -232,8 +257,13 @@ class Gateway:
             failure = BackendError("the rate-limit store is unavailable (circuit open)")
         if policy.failure_mode == "closed":
             raise failure
-        decision, bands = self.table.peek(policy, tenant, resource, self.clock.now_ns())
-        decision.mode = "local" if policy.failure_mode == "local" else "open"
+        if policy.failure_mode == "open":
+            # As an "open" decision reports: the figures of a full bucket.
+            now_ns = self.clock.now_ns()
+            decision, bands = decide(policy, None, now_ns, 0)[0], inspect(policy, None, now_ns)
+        else:
+            decision, bands = self.table.peek(policy, tenant, resource, self.clock.now_ns())
+        decision.mode = policy.failure_mode
         return Quota(tenant, resource, decision, bands)
 
     async def probe_remote(self, interval_seconds: float = 0.25) -> None:
