@@ -8,6 +8,7 @@ nothing of HTTP or gRPC.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -68,13 +69,48 @@ class RemoteBackend(Protocol):
     hot path (one costs several microseconds per decision).
     """
 
-    async def decide(self, policy: Policy, tenant: str, resource: str, cost: int) -> Decision: ...
+    async def decide(
+        self,
+        policy: Policy,
+        tenant: str,
+        resource: str,
+        cost: int,
+        previous: Sequence[Policy] = (),
+    ) -> Decision:
+        """Decide; ``previous``: the policies ``policy`` recently replaced, newest first."""
+        ...
 
     async def peek(
-        self, policy: Policy, tenant: str, resource: str
+        self, policy: Policy, tenant: str, resource: str, previous: Sequence[Policy] = ()
     ) -> tuple[Decision, list[BandQuota]]: ...
 
     async def ping(self) -> None: ...
+
+
+# How many replaced policies a remote backend is told of, newest first.
+_MAX_PREDECESSORS = 4
+
+_LONGEST_CALENDAR_SECONDS = {
+    "day": 86_400,
+    "week": 7 * 86_400,
+    "month": 31 * 86_400,
+    "year": 366 * 86_400,
+}
+
+
+def _state_lifetime_seconds(policy: Policy) -> float:
+    """The longest a bucket state of ``policy`` can differ from a fresh one."""
+    lifetimes: list[float] = []
+    for band in policy.bands:
+        if band.calendar is not None:
+            lifetimes.append(_LONGEST_CALENDAR_SECONDS[band.calendar])
+        elif policy.algorithm == "token_bucket":
+            lifetimes.append(band.burst * band.window_seconds / band.limit)
+        elif policy.algorithm == "sliding_window":
+            lifetimes.append(2 * band.window_seconds)
+        else:
+            lifetimes.append(band.window_seconds)
+    return max(lifetimes)
 
 
 class Gateway:
@@ -112,6 +148,9 @@ class Gateway:
         # Decisions by where they were made (fast, strong, local, open), and
         # remote failures by the error's class name (RedisTimeout, ...).
         self.modes: dict[str, int] = {}
+        # Serial of a changed policy -> the policies it replaced, newest
+        # first, each with the trio time until which its state may matter.
+        self._predecessors: dict[int, list[tuple[Policy, float]]] = {}
         self.backend_errors: dict[str, int] = {}
         # Counters read at scrape time; plain integers keep the hot path cheap.
         self.allowed = 0
@@ -120,9 +159,39 @@ class Gateway:
         self.policy_reloads = 0
 
     def set_policies(self, policies: PolicySet) -> None:
-        """Switch to new policies; buckets keep their spent units."""
+        """Switch to new policies; buckets keep their spent units.
+
+        In memory the bucket states carry their units over by themselves (see
+        helios.core.decision.migrate). A remote backend is told, for a while,
+        which policy each changed one replaced, so that it can carry units
+        from the keys the old shape used.
+        """
+        now = trio.current_time()
+        predecessors = {}
+        for policy in policies:
+            old = self.policies.find(policy.tenant, policy.resource)
+            if old is None or old is policy:
+                continue
+            # The replaced policy, then those it replaced, while their state
+            # may still matter (old keys expire by themselves once fresh).
+            chain = [(old, now + _state_lifetime_seconds(old))]
+            chain.extend(
+                entry for entry in self._predecessors.get(old.serial, ()) if entry[1] >= now
+            )
+            predecessors[policy.serial] = chain[:_MAX_PREDECESSORS]
+        self._predecessors = predecessors
         self.policies = policies
         self.policy_reloads += 1
+
+    def _predecessors_of(self, policy: Policy) -> list[Policy]:
+        chain = self._predecessors.get(policy.serial)
+        if chain is None:
+            return []
+        now = trio.current_time()
+        if chain[-1][1] < now:
+            chain = [entry for entry in chain if entry[1] >= now]
+            self._predecessors[policy.serial] = chain
+        return [old for old, _ in chain]
 
     def resolve(self, tenant: str, resource: object) -> tuple[str, str, Policy]:
         """Find the policy for a pair; ``tenant`` has been checked already."""
@@ -182,7 +251,9 @@ class Gateway:
             failure = failed
         elif self.breaker.allows(trio.current_time()):
             try:
-                decision = await self.remote.decide(policy, tenant, resource, check.cost)
+                decision = await self.remote.decide(
+                    policy, tenant, resource, check.cost, self._predecessors_of(policy)
+                )
             except BackendError as error:
                 failure = error
             else:
@@ -246,7 +317,9 @@ class Gateway:
         assert self.remote is not None
         if self.breaker.allows(trio.current_time()):
             try:
-                decision, bands = await self.remote.peek(policy, tenant, resource)
+                decision, bands = await self.remote.peek(
+                    policy, tenant, resource, self._predecessors_of(policy)
+                )
             except BackendError as error:
                 failure = error
                 self._backend_failed(failure)

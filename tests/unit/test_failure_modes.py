@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -37,7 +38,14 @@ class FakeRemote:
         if self.failing:
             raise BackendError("connection refused")
 
-    async def decide(self, policy: Policy, tenant: str, resource: str, cost: int) -> Decision:
+    async def decide(
+        self,
+        policy: Policy,
+        tenant: str,
+        resource: str,
+        cost: int,
+        previous: Sequence[Policy] = (),
+    ) -> Decision:
         self.calls += 1
         await self._trouble()
         decision = self.table.decide(policy, tenant, resource, EPOCH_NS, cost)
@@ -45,7 +53,7 @@ class FakeRemote:
         return decision
 
     async def peek(
-        self, policy: Policy, tenant: str, resource: str
+        self, policy: Policy, tenant: str, resource: str, previous: Sequence[Policy] = ()
     ) -> tuple[Decision, list[BandQuota]]:
         await self._trouble()
         decision, bands = self.table.peek(policy, tenant, resource, EPOCH_NS)

@@ -1,10 +1,22 @@
 -- One rate-limit decision for one bucket, atomically, on Redis time.
 --
--- KEYS[i]  the state of band i: a hash, in one hash slot for the whole bucket.
+-- KEYS[1..n]  the state of band i: a hash, in one hash slot for the whole
+--             bucket; then the keys of the previous policy's bands, if any.
 -- ARGV[1]  algorithm: "token_bucket" | "fixed_window" | "sliding_window"
 -- ARGV[2]  cost; 0 reads the state without changing it
--- ARGV[3 + 4(i-1) ...]  band i: limit, window in microseconds, burst,
+-- ARGV[3]  n, the number of bands
+-- ARGV[4 + 4(i-1) ...]  band i: limit, window in microseconds, burst,
 --          calendar unit ("" | "day" | "week" | "month" | "year")
+-- then, after the bands: the number of previous policies (those this one
+-- recently replaced, most recent first), and for each: its algorithm, its band
+-- count m, its m bands (4 values each), and for each band i the index (1..m)
+-- of its band whose spent units band i inherits, or 0. KEYS holds each
+-- previous policy's m keys after the bucket's own, in the same order.
+--
+-- A policy change that alters a band's algorithm or window gives that band
+-- a new key. Until the new key exists, its state is seeded with the units
+-- spent in the most recent previous key that still exists, so a change never
+-- refills a bucket.
 --
 -- Returns {now_seconds, now_microseconds, then per band: allowed (1/0),
 -- remaining, wait_us, reset_us}. Every band is checked first; only if all
@@ -22,7 +34,8 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local algorithm = ARGV[1]
 local cost = tonumber(ARGV[2])
-local n = #KEYS
+local n = tonumber(ARGV[3])
+local prev_base = 4 + 4 * n
 
 local function ceil_us(x)
   if x <= EPS_US then return 0 end
@@ -85,12 +98,68 @@ local function bounds(window, calendar)
   return days_from_civil(y, 1, 1) * DAY_US, days_from_civil(y + 1, 1, 1) * DAY_US
 end
 
+-- The policies this one recently replaced, most recent first: where each one's
+-- band values, keys and inheritance map start.
+local previous = {}
+do
+  local pos, key_pos = prev_base + 1, n + 1
+  for k = 1, tonumber(ARGV[prev_base]) do
+    local m = tonumber(ARGV[pos + 1])
+    previous[k] = {algorithm = ARGV[pos], bands = pos + 2, keys = key_pos, map = pos + 2 + 4 * m}
+    pos = pos + 2 + 4 * m + n
+    key_pos = key_pos + m
+  end
+end
+
+-- Units spent now in band j of a previous policy.
+local function previous_spent(policy, j)
+  local base = policy.bands + (j - 1) * 4
+  local limit = tonumber(ARGV[base])
+  local window = tonumber(ARGV[base + 1])
+  local calendar = ARGV[base + 3]
+  local key = KEYS[policy.keys + j - 1]
+  if policy.algorithm == 'token_bucket' then
+    local state = redis.call('HMGET', key, 's', 't')
+    local spent = tonumber(state[1]) - (now - tonumber(state[2])) * limit / window
+    if spent < 0 then return 0 end
+    return spent
+  elseif policy.algorithm == 'fixed_window' then
+    local start = bounds(window, calendar)
+    local state = redis.call('HMGET', key, 'w', 'c')
+    if tonumber(state[1]) == start then return tonumber(state[2]) end
+    return 0
+  end
+  local start = now - (now % window)
+  local state = redis.call('HMGET', key, 'w', 'p', 'c')
+  local w = tonumber(state[1])
+  if w == start then
+    return tonumber(state[2]) * (window - (now - start)) / window + tonumber(state[3])
+  elseif w == start - window then
+    return tonumber(state[3]) * (window - (now - start)) / window
+  end
+  return 0
+end
+
+-- Spent units band i inherits when its own key does not exist yet: from the
+-- most recent previous policy whose mapped key still exists.
+local function inherited(i)
+  if #previous == 0 or redis.call('EXISTS', KEYS[i]) == 1 then return 0 end
+  for k = 1, #previous do
+    local policy = previous[k]
+    local j = tonumber(ARGV[policy.map + i - 1])
+    if j > 0 and redis.call('EXISTS', KEYS[policy.keys + j - 1]) == 1 then
+      return previous_spent(policy, j)
+    end
+  end
+  return 0
+end
+
 local result = {t[1], t[2]}
 local all_ok = true
 local writes = {}
 
 for i = 1, n do
-  local base = 3 + (i - 1) * 4
+  local base = 4 + (i - 1) * 4
   local limit = tonumber(ARGV[base])
   local window = tonumber(ARGV[base + 1])
   local burst = tonumber(ARGV[base + 2])
@@ -104,6 +173,8 @@ for i = 1, n do
     if state[1] then
       spent = tonumber(state[1]) - (now - tonumber(state[2])) * limit / window
       if spent < 0 then spent = 0 end
+    else
+      spent = inherited(i)
     end
     local after = spent + cost
     if after <= burst + EPS_UNITS then
@@ -119,7 +190,11 @@ for i = 1, n do
     local start, finish = bounds(window, calendar)
     local state = redis.call('HMGET', KEYS[i], 'w', 'c')
     local count = 0
-    if state[1] and tonumber(state[1]) == start then count = tonumber(state[2]) end
+    if state[1] and tonumber(state[1]) == start then
+      count = tonumber(state[2])
+    elseif not state[1] then
+      count = math.ceil(inherited(i) - EPS_UNITS)
+    end
     reset = finish - now
     if count + cost <= limit then
       ok, remaining, wait = true, limit - count - cost, 0
@@ -140,6 +215,8 @@ for i = 1, n do
       elseif w == start - window then
         previous = tonumber(state[3])
       end
+    else
+      current = math.ceil(inherited(i) - EPS_UNITS)
     end
     -- In units × window, to stay in whole numbers.
     local used = previous * (window - elapsed) + current * window
@@ -182,7 +259,7 @@ if all_ok and cost > 0 then
       redis.call('HSET', KEYS[i], 'w', w[2], 'c', w[3])
       redis.call('PEXPIRE', KEYS[i], math.ceil((w[4] - now) / 1000))
     else
-      local window = tonumber(ARGV[3 + (i - 1) * 4 + 1])
+      local window = tonumber(ARGV[4 + (i - 1) * 4 + 1])
       redis.call('HSET', KEYS[i], 'w', w[2], 'p', w[3], 'c', w[4])
       redis.call('PEXPIRE', KEYS[i], math.ceil((w[2] + 2 * window - now) / 1000))
     end

@@ -10,11 +10,15 @@ and ``}`` percent-escaped so that no name can end the hash tag early: every
 band of one bucket lands in one Redis Cluster slot. A band's key depends on
 its algorithm and window only, so a policy change that keeps both keeps the
 spent units (a token bucket stores units spent, not units left, so a new limit
-applies to the same spending).
+applies to the same spending). A change of algorithm or window gives a band a
+new key; the gateway then names the policies it recently replaced, and the
+script seeds the new key from the units spent under the most recent one whose
+key still exists, so no change refills a bucket.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +47,41 @@ def band_key(prefix: str, tag: str, algorithm: str, band: Band) -> str:
     return f"{prefix}:{{{tag}}}:{_ALGORITHM_CODES[algorithm]}:{window}"
 
 
+def _band_args(policy: Policy) -> list[Any]:
+    args: list[Any] = []
+    for band in policy.bands:
+        args.extend((band.limit, band.window_ns // _NS_PER_US, band.burst, band.calendar or ""))
+    return args
+
+
+def _inheritance(policy: Policy, previous: Policy) -> list[int] | None:
+    """For each band, the 1-based previous band it inherits spent units from, or 0.
+
+    A band whose key is unchanged (same algorithm and window) keeps its own
+    state and inherits nothing; otherwise it inherits from the previous band
+    with the same window, or else the nearest one (as FAST mode does).
+    ``None`` when no band inherits anything.
+    """
+    inherit = []
+    for band in policy.bands:
+        same_key = policy.algorithm == previous.algorithm and any(
+            old.window_ns == band.window_ns and old.calendar == band.calendar
+            for old in previous.bands
+        )
+        if same_key:
+            inherit.append(0)
+            continue
+        nearest = min(
+            range(len(previous.bands)),
+            key=lambda i: (
+                previous.bands[i].calendar != band.calendar,
+                abs(previous.bands[i].window_ns - band.window_ns),
+            ),
+        )
+        inherit.append(nearest + 1)
+    return inherit if any(inherit) else None
+
+
 class StrongBackend:
     """Decides in Redis; see the module docstring."""
 
@@ -57,13 +96,26 @@ class StrongBackend:
         return [band_key(self.key_prefix, tag, policy.algorithm, band) for band in policy.bands]
 
     async def _run(
-        self, policy: Policy, tenant: str, resource: str, cost: int
+        self,
+        policy: Policy,
+        tenant: str,
+        resource: str,
+        cost: int,
+        previous: Sequence[Policy] = (),
     ) -> tuple[list[tuple[bool, int, int, int]], int]:
-        args: list[Any] = [policy.algorithm, cost]
-        for band in policy.bands:
-            args.extend((band.limit, band.window_ns // _NS_PER_US, band.burst, band.calendar or ""))
-        keys = tuple(self.keys(policy, tenant, resource))
-        reply = await self.redis.evalsha(DECIDE, keys, tuple(args))
+        keys = self.keys(policy, tenant, resource)
+        args: list[Any] = [policy.algorithm, cost, len(policy.bands), *_band_args(policy)]
+        blocks: list[Any] = []
+        count = 0
+        for old in previous:
+            inherit = _inheritance(policy, old)
+            if inherit is None:
+                continue
+            count += 1
+            keys.extend(self.keys(old, tenant, resource))
+            blocks.extend((old.algorithm, len(old.bands), *_band_args(old), *inherit))
+        args.extend((count, *blocks))
+        reply = await self.redis.evalsha(DECIDE, tuple(keys), tuple(args))
         now_ns = int(reply[0]) * _NS_PER_S + int(reply[1]) * _NS_PER_US
         results = [
             (
@@ -76,18 +128,29 @@ class StrongBackend:
         ]
         return results, now_ns
 
-    async def decide(self, policy: Policy, tenant: str, resource: str, cost: int) -> Decision:
-        """Check and charge every band of the bucket atomically in Redis."""
-        results, now_ns = await self._run(policy, tenant, resource, cost)
+    async def decide(
+        self,
+        policy: Policy,
+        tenant: str,
+        resource: str,
+        cost: int,
+        previous: Sequence[Policy] = (),
+    ) -> Decision:
+        """Check and charge every band of the bucket atomically in Redis.
+
+        ``previous``: the policies this one recently replaced, most recent
+        first, whose keys may still hold units spent before the change.
+        """
+        results, now_ns = await self._run(policy, tenant, resource, cost, previous)
         decision = combine(policy, results, now_ns)
         decision.mode = "strong"
         return decision
 
     async def peek(
-        self, policy: Policy, tenant: str, resource: str
+        self, policy: Policy, tenant: str, resource: str, previous: Sequence[Policy] = ()
     ) -> tuple[Decision, list[BandQuota]]:
         """The bucket's figures in Redis, charging nothing."""
-        results, now_ns = await self._run(policy, tenant, resource, 0)
+        results, now_ns = await self._run(policy, tenant, resource, 0, previous)
         decision = combine(policy, results, now_ns)
         decision.mode = "strong"
         bands = [
