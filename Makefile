@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_KEY ?= test-key
 
-.PHONY: run test test-fast bench lint typecheck format security-scan check-pins demo clean
+.PHONY: run test test-fast bench bench-growth lint typecheck format security-scan check-pins demo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/redis_client.py
 	$(BIN)/python bench/core.py
+
+# About 80 s: fills the table with a million live buckets over HTTP first.
+bench-growth: $(STAMP)
+	$(BIN)/python bench/growth.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check helios tests bench loadtest
