@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -146,7 +146,42 @@ class _Member:
         self.opened = 0
 
 
-class Redis:
+class _Guarded:
+    """What every client's entry points share: the call's deadline, a timeout
+    reported once in Helios's terms, and the count of failed calls."""
+
+    _timeout_s: float
+    _calls_failed: int
+
+    def _target(self) -> str:
+        """Who did not answer, for messages (never with a password)."""
+        raise NotImplementedError
+
+    def _timed_out(self, command: tuple[CommandArg, ...], timeout_s: float) -> RedisTimeout:
+        self._calls_failed += 1
+        return RedisTimeout(
+            f"{self._target()} did not answer {command_name(command)}"
+            f" within {timeout_s * 1000:g} ms"
+        )
+
+    async def _guard(
+        self,
+        command: tuple[CommandArg, ...],
+        timeout_ms: float | None,
+        run: Callable[[float], Awaitable[Reply]],
+    ) -> Reply:
+        """``run(deadline)``, with the timeout and errors accounted for."""
+        timeout_s = self._timeout_s if timeout_ms is None else timeout_ms / 1000
+        try:
+            return await run(trio.current_time() + timeout_s)
+        except RedisTimeout:
+            raise self._timed_out(command, timeout_s) from None
+        except RedisCommandError:
+            self._calls_failed += 1
+            raise
+
+
+class Redis(_Guarded):
     """A pool of pipelined connections to one Redis server.
 
     Background work (the connections' readers and writers, connection
@@ -190,14 +225,7 @@ class Redis:
         client's), :class:`RedisUnavailable` when Redis cannot be reached and
         :class:`RedisCommandError` for an error reply.
         """
-        timeout_s = self._timeout_s if timeout_ms is None else timeout_ms / 1000
-        try:
-            return await self.call(args, trio.current_time() + timeout_s)
-        except RedisTimeout:
-            raise self._timed_out(args, timeout_s) from None
-        except RedisCommandError:
-            self._calls_failed += 1
-            raise
+        return await self._guard(args, timeout_ms, lambda deadline: self.call(args, deadline))
 
     async def evalsha(
         self,
@@ -213,14 +241,9 @@ class Redis:
         ``SCRIPT FLUSH``), the script is loaded and run again in one round trip.
         """
         command = evalsha_command(script, tuple(keys), tuple(args))
-        timeout_s = self._timeout_s if timeout_ms is None else timeout_ms / 1000
-        try:
-            return await self.call_script(script, command, trio.current_time() + timeout_s)
-        except RedisTimeout:
-            raise self._timed_out(command, timeout_s) from None
-        except RedisCommandError:
-            self._calls_failed += 1
-            raise
+        return await self._guard(
+            command, timeout_ms, lambda deadline: self.call_script(script, command, deadline)
+        )
 
     async def ping(self, *, timeout_ms: float | None = None) -> None:
         """Raise unless the server answers ``PING`` in time."""
@@ -309,12 +332,8 @@ class Redis:
                 raise result
         return reply
 
-    def _timed_out(self, command: tuple[CommandArg, ...], timeout_s: float) -> RedisTimeout:
-        self._calls_failed += 1
-        return RedisTimeout(
-            f"redis at {self.address} did not answer {command_name(command)}"
-            f" within {timeout_s * 1000:g} ms"
-        )
+    def _target(self) -> str:
+        return f"redis at {self.address}"
 
     def _next_connection(self) -> RedisConnection | None:
         """A usable connection, in turn; starts connecting where the pool is short."""

@@ -28,7 +28,13 @@ from dataclasses import dataclass
 
 import trio
 
-from helios.backends.redis.client import EMPTY_STATISTICS, ClientOptions, Redis, RedisStatistics
+from helios.backends.redis.client import (
+    EMPTY_STATISTICS,
+    ClientOptions,
+    Redis,
+    RedisStatistics,
+    _Guarded,
+)
 from helios.backends.redis.connection import ConnectionSettings
 from helios.backends.redis.errors import RedisCommandError, RedisTimeout, RedisUnavailable
 from helios.backends.redis.protocol import (
@@ -75,7 +81,7 @@ class ClusterStatistics:
     refreshes: int
 
 
-class RedisCluster:
+class RedisCluster(_Guarded):
     """A client of a Redis Cluster: one :class:`Redis` pool per master node.
 
     Commands are routed by the slot of their first key: ``key=`` when given,
@@ -122,14 +128,9 @@ class RedisCluster:
         """Run one command on the master of its key's slot and return its reply."""
         if key is None and len(args) > 1:
             key = args[1]
-        timeout_s = self._timeout_s if timeout_ms is None else timeout_ms / 1000
-        try:
-            return await self._route(args, key, None, trio.current_time() + timeout_s)
-        except RedisTimeout:
-            raise self._timed_out(args, timeout_s) from None
-        except RedisCommandError:
-            self._calls_failed += 1
-            raise
+        return await self._guard(
+            args, timeout_ms, lambda deadline: self._route(args, key, None, deadline)
+        )
 
     async def evalsha(
         self,
@@ -141,15 +142,10 @@ class RedisCluster:
     ) -> Reply:
         """Run ``script`` on the master of its first key's slot (see :meth:`Redis.evalsha`)."""
         command = evalsha_command(script, tuple(keys), tuple(args))
-        timeout_s = self._timeout_s if timeout_ms is None else timeout_ms / 1000
         key = keys[0] if keys else None
-        try:
-            return await self._route(command, key, script, trio.current_time() + timeout_s)
-        except RedisTimeout:
-            raise self._timed_out(command, timeout_s) from None
-        except RedisCommandError:
-            self._calls_failed += 1
-            raise
+        return await self._guard(
+            command, timeout_ms, lambda deadline: self._route(command, key, script, deadline)
+        )
 
     async def ping(self, *, timeout_ms: float | None = None) -> None:
         """Raise unless every master answers ``PING`` in time."""
@@ -207,11 +203,8 @@ class RedisCluster:
         for pool in list(self._pools.values()):
             await pool.aclose()
 
-    def _timed_out(self, command: tuple[CommandArg, ...], timeout_s: float) -> RedisTimeout:
-        self._calls_failed += 1
-        return RedisTimeout(
-            f"redis cluster did not answer {command_name(command)} within {timeout_s * 1000:g} ms"
-        )
+    def _target(self) -> str:
+        return "redis cluster"
 
     def _masters(self) -> list[Redis]:
         if self._slots is None:

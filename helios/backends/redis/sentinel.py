@@ -25,7 +25,13 @@ from collections.abc import Awaitable, Callable, Sequence
 import hiredis
 import trio
 
-from helios.backends.redis.client import EMPTY_STATISTICS, ClientOptions, Redis, RedisStatistics
+from helios.backends.redis.client import (
+    EMPTY_STATISTICS,
+    ClientOptions,
+    Redis,
+    RedisStatistics,
+    _Guarded,
+)
 from helios.backends.redis.connection import (
     ConnectionSettings,
     check_setup,
@@ -40,7 +46,6 @@ from helios.backends.redis.protocol import (
     CommandArg,
     Reply,
     Script,
-    command_name,
     encode_command,
     evalsha_command,
 )
@@ -52,7 +57,7 @@ log = logging.getLogger("helios.redis")
 _DISCOVERY_INTERVAL_S = 0.1
 
 
-class RedisSentinel:
+class RedisSentinel(_Guarded):
     """A pooled client of the master that the sentinels name for ``service_name``."""
 
     def __init__(
@@ -104,15 +109,11 @@ class RedisSentinel:
 
     async def execute(self, *args: CommandArg, timeout_ms: float | None = None) -> Reply:
         """Run one command on the master and return its reply."""
-        timeout_s = self._timeout_s if timeout_ms is None else timeout_ms / 1000
-        deadline = trio.current_time() + timeout_s
-        try:
-            return await self._on_master(lambda master: master.call(args, deadline), deadline)
-        except RedisTimeout:
-            raise self._timed_out(args, timeout_s) from None
-        except RedisCommandError:
-            self._calls_failed += 1
-            raise
+        return await self._guard(
+            args,
+            timeout_ms,
+            lambda deadline: self._on_master(lambda master: master.call(args, deadline), deadline),
+        )
 
     async def evalsha(
         self,
@@ -124,17 +125,13 @@ class RedisSentinel:
     ) -> Reply:
         """Run ``script`` on the master (see :meth:`Redis.evalsha`)."""
         command = evalsha_command(script, tuple(keys), tuple(args))
-        timeout_s = self._timeout_s if timeout_ms is None else timeout_ms / 1000
-        deadline = trio.current_time() + timeout_s
-        try:
-            return await self._on_master(
+        return await self._guard(
+            command,
+            timeout_ms,
+            lambda deadline: self._on_master(
                 lambda master: master.call_script(script, command, deadline), deadline
-            )
-        except RedisTimeout:
-            raise self._timed_out(command, timeout_s) from None
-        except RedisCommandError:
-            self._calls_failed += 1
-            raise
+            ),
+        )
 
     async def ping(self, *, timeout_ms: float | None = None) -> None:
         """Raise unless the master answers ``PING`` in time."""
@@ -164,12 +161,8 @@ class RedisSentinel:
         for sentinel in self._sentinels:
             await sentinel.aclose()
 
-    def _timed_out(self, command: tuple[CommandArg, ...], timeout_s: float) -> RedisTimeout:
-        self._calls_failed += 1
-        return RedisTimeout(
-            f"redis master {self.service_name!r} did not answer {command_name(command)}"
-            f" within {timeout_s * 1000:g} ms"
-        )
+    def _target(self) -> str:
+        return f"redis master {self.service_name!r}"
 
     async def _on_master(
         self, operation: Callable[[Redis], Awaitable[Reply]], deadline: float

@@ -1,0 +1,2 @@
+import purerpc
+import helios.grpc.generated.envoy.config.core.v3.base_pb2 as envoy_dot_config_dot_core_dot_v3_dot_base__pb2

@@ -1,0 +1,3 @@
+import purerpc
+import helios.grpc.generated.envoy.extensions.common.ratelimit.v3.ratelimit_pb2 as envoy_dot_extensions_dot_common_dot_ratelimit_dot_v3_dot_ratelimit__pb2
+import google.protobuf.wrappers_pb2 as google_dot_protobuf_dot_wrappers__pb2
