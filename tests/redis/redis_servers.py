@@ -24,7 +24,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -432,3 +432,46 @@ def _flags(entry: list[bytes] | dict[bytes, bytes]) -> str:
     # or a flat list of names and values (RESP2).
     fields = entry if isinstance(entry, dict) else dict(zip(entry[::2], entry[1::2], strict=True))
     return fields.get(b"flags", b"").decode()
+
+
+# Fixtures: conftest.py files import these (here and in tests/strong), so that
+# every suite starts its servers the same way.
+
+
+@pytest.fixture
+def redis_server_factory(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    """Starts fresh servers (keyword arguments of ``start_server``); all stop at teardown."""
+    require_redis_server()
+    started: list[RedisServer] = []
+
+    def start(**options: object) -> RedisServer:
+        server = start_server(tmp_path / f"redis-{len(started)}", **options)  # type: ignore[arg-type]
+        started.append(server)
+        return server
+
+    yield start
+    stop_all(started)
+
+
+@pytest.fixture
+def redis_server(redis_server_factory: Callable[..., RedisServer]) -> RedisServer:
+    """One fresh, empty ``redis-server`` on a free loopback port."""
+    return redis_server_factory()
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """A three-master Redis Cluster, shared by the tests of one module."""
+    require_redis_server()
+    cluster = start_cluster(tmp_path_factory.mktemp("redis-cluster"))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def redis_sentinel(tmp_path: Path) -> Iterator[SentinelServers]:
+    """A master, its replica and a sentinel watching them as ``mymaster``."""
+    require_redis_server()
+    servers = start_sentinel(tmp_path / "sentinel")
+    yield servers
+    servers.stop()

@@ -10,7 +10,7 @@ their own directories.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,56 +21,13 @@ for _directory in (_TESTS / "e2e", _TESTS / "redis"):
         sys.path.insert(0, str(_directory))
 
 from e2e_support import HeliosProcess, assert_stopped_cleanly, start_helios  # noqa: E402
-from redis_servers import (  # noqa: E402
-    RedisClusterServers,
-    RedisServer,
-    SentinelServers,
-    require_redis_server,
-    start_cluster,
-    start_sentinel,
-    start_server,
-    stop_all,
+from redis_servers import (  # noqa: E402, F401 - fixtures, found by pytest by name
+    redis_cluster,
+    redis_sentinel,
+    redis_server,
+    redis_server_factory,
 )
 from strong_support import GatewayFactory  # noqa: E402
-
-
-@pytest.fixture
-def redis_server_factory(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
-    """Starts fresh servers (keyword arguments of ``start_server``); all stop at teardown."""
-    require_redis_server()
-    started: list[RedisServer] = []
-
-    def start(**options: object) -> RedisServer:
-        server = start_server(tmp_path / f"redis-{len(started)}", **options)  # type: ignore[arg-type]
-        started.append(server)
-        return server
-
-    yield start
-    stop_all(started)
-
-
-@pytest.fixture
-def redis_server(redis_server_factory: Callable[..., RedisServer]) -> RedisServer:
-    """One fresh, empty ``redis-server`` on a free loopback port."""
-    return redis_server_factory()
-
-
-@pytest.fixture(scope="session")
-def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
-    """A three-master Redis Cluster, shared by every test (each uses its own tenants)."""
-    require_redis_server()
-    cluster = start_cluster(tmp_path_factory.mktemp("redis-cluster"))
-    yield cluster
-    cluster.stop()
-
-
-@pytest.fixture
-def redis_sentinel(tmp_path: Path) -> Iterator[SentinelServers]:
-    """A master, its replica and a sentinel watching them as ``mymaster``."""
-    require_redis_server()
-    servers = start_sentinel(tmp_path / "sentinel")
-    yield servers
-    servers.stop()
 
 
 @pytest.fixture
