@@ -145,12 +145,12 @@ class Gateway:
         self.remote = remote
         self.breaker = breaker or CircuitBreaker()
         self.remote_timeout_seconds = remote_timeout_seconds
-        # Decisions by where they were made (fast, strong, local, open), and
-        # remote failures by the error's class name (RedisTimeout, ...).
-        self.modes: dict[str, int] = {}
         # Serial of a changed policy -> the policies it replaced, newest
         # first, each with the trio time until which its state may matter.
         self._predecessors: dict[int, list[tuple[Policy, float]]] = {}
+        # Decisions by where they were made (fast, strong, local, open), and
+        # remote failures by the error's class name (RedisTimeout, ...).
+        self.modes: dict[str, int] = {}
         self.backend_errors: dict[str, int] = {}
         # Counters read at scrape time; plain integers keep the hot path cheap.
         self.allowed = 0
