@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_KEY ?= test-key
 
-.PHONY: run test test-fast bench bench-growth lint typecheck format security-scan check-pins demo clean
+.PHONY: run test test-fast bench bench-growth protos lint typecheck format security-scan check-pins demo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,9 @@ typecheck: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format helios tests bench loadtest
 	$(BIN)/ruff check --fix helios tests bench loadtest
+
+protos: $(STAMP)
+	$(BIN)/python -m helios.tools.generate_protos
 
 check-pins: $(STAMP)
 	$(BIN)/python -m helios.tools.check_pins

@@ -1,0 +1,395 @@
+"""The gateway's gRPC listener: Helios's RateLimitService and Envoy's RLS v3.
+
+purerpc's ``Server`` binds every interface and sets SO_REUSEPORT itself, so
+Helios does not use it to listen: :class:`GrpcServer` opens its own listener
+on the configured host (anyio, on trio) and hands each connection to
+purerpc's connection handler. The handler is adapted in two ways: a request
+message that does not parse is answered INVALID_ARGUMENT (purerpc would
+answer CANCELLED), and calls in flight are counted so that shutdown can wait
+for them.
+
+Errors: a :class:`~helios.errors.HeliosError` becomes the gRPC status its
+``grpc_code`` names, with its message; a denial is a normal reply.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import anyio
+import anyio.abc
+import trio
+from anyio.streams.tls import TLSListener
+from google.protobuf.message import DecodeError
+from purerpc import Server, Service
+from purerpc.grpc_proto import GRPCProtoSocket, GRPCProtoStream
+from purerpc.grpclib.exceptions import RpcFailedError
+from purerpc.grpclib.status import Status, StatusCode
+from purerpc.server import ConnectionHandler
+
+from helios.core.decision import Decision
+from helios.core.names import MAX_COST, check_name
+from helios.errors import HeliosError, InvalidRequest
+from helios.gateway.service import Check, Gateway, Quota
+from helios.grpc import envoy
+from helios.grpc.generated.envoy.service.ratelimit.v3 import rls_grpc
+from helios.grpc.generated.envoy.service.ratelimit.v3.rls_pb2 import (
+    RateLimitRequest,
+    RateLimitResponse,
+)
+from helios.grpc.generated.helios.v1 import ratelimit_grpc
+from helios.grpc.generated.helios.v1 import ratelimit_pb2 as pb
+
+log = logging.getLogger("helios.grpc")
+
+T = TypeVar("T")
+
+DEFAULT_MAX_BATCH_CHECKS = 1000
+
+
+def api_key(metadata: Any) -> str | None:
+    """The key from ``x-api-key``, else ``authorization: Bearer``; blank counts as absent."""
+    bearer = None
+    for name, value in metadata:
+        if not isinstance(value, str):
+            continue  # binary (-bin) metadata
+        name = name.lower()
+        if name == "x-api-key" and value.strip():
+            return value.strip()
+        if name == "authorization" and value[:7].lower() == "bearer " and bearer is None:
+            bearer = value[7:].strip() or None
+    return bearer
+
+
+def _status(error: HeliosError) -> RpcFailedError:
+    return RpcFailedError(Status(StatusCode[error.grpc_code], error.message))
+
+
+def _cost(cost: int) -> int:
+    if cost == 0:
+        return 1
+    if cost > MAX_COST:
+        raise InvalidRequest(
+            f"cost must be an integer from 1 to {MAX_COST}, got {cost}", field="cost"
+        )
+    return cost
+
+
+def _check(request: pb.AllowRequest) -> Check:
+    return Check(request.tenant, request.resource or "default", _cost(request.cost))
+
+
+def decision_message(tenant: str, resource: str, decision: Decision) -> pb.Decision:
+    return pb.Decision(
+        allowed=decision.allowed,
+        tenant=tenant,
+        resource=resource,
+        policy=decision.policy.name,
+        limit=decision.band.limit,
+        remaining=decision.remaining,
+        reset_seconds=decision.reset_seconds,
+        reset_time=decision.reset_time,
+        retry_after_seconds=decision.retry_after_seconds,
+        retry_after_ms=decision.retry_after_ms,
+        mode=decision.mode,
+        shadow=decision.policy.shadow,
+        would_allow=decision.would_allow,
+        window_seconds=decision.band.window_seconds,
+    )
+
+
+def quota_message(quota: Quota) -> pb.Quota:
+    decision = quota.decision
+    return pb.Quota(
+        tenant=quota.tenant,
+        resource=quota.resource,
+        policy=decision.policy.name,
+        algorithm=decision.policy.algorithm,
+        limit=decision.limit,
+        remaining=decision.remaining,
+        reset_seconds=decision.reset_seconds,
+        reset_time=decision.reset_time,
+        shadow=decision.shadow,
+        mode=decision.mode,
+        bands=[
+            pb.BandQuota(
+                limit=band.band.limit,
+                window=band.band.describe().split("/", 1)[1],
+                remaining=band.remaining,
+                reset_seconds=band.reset_seconds,
+                window_seconds=band.band.window_seconds,
+            )
+            for band in quota.bands
+        ],
+    )
+
+
+class _Calls:
+    """Runs each call: translates errors and counts the calls in flight."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.idle = trio.Event()
+        self.idle.set()
+
+    async def run(self, request: Any, call: Callable[[str | None], Awaitable[T]]) -> T:
+        self.in_flight += 1
+        self.idle = trio.Event() if self.in_flight == 1 else self.idle
+        try:
+            return await self._run(request, call)
+        finally:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self.idle.set()
+
+    async def _run(self, request: Any, call: Callable[[str | None], Awaitable[T]]) -> T:
+        try:
+            # A deadline the client set bounds the work done for it; the
+            # client has given up by then, so the status is only a courtesy.
+            timeout = request.timeout
+            with trio.fail_after(timeout.total_seconds()) if timeout else _no_deadline():
+                return await call(api_key(request.custom_metadata))
+        except HeliosError as error:
+            raise _status(error) from None
+        except trio.TooSlowError:
+            raise RpcFailedError(
+                Status(StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed")
+            ) from None
+        except RpcFailedError:
+            raise
+        except Exception:
+            log.exception("internal error answering %s", request.method_name)
+            raise RpcFailedError(Status(StatusCode.INTERNAL, "internal error")) from None
+
+
+class _NoDeadline:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+
+def _no_deadline() -> _NoDeadline:
+    return _NoDeadline()
+
+
+class HeliosServicer(ratelimit_grpc.RateLimitServiceServicer):
+    """helios.v1.RateLimitService: Allow, AllowBatch, GetQuota."""
+
+    def __init__(self, gateway: Gateway, calls: _Calls, *, max_batch_checks: int) -> None:
+        self.gateway = gateway
+        self.calls = calls
+        self.max_batch_checks = max_batch_checks
+
+    async def Allow(self, message: pb.AllowRequest, request: Any) -> pb.Decision:  # type: ignore[override]
+        return await self.calls.run(request, lambda key: self._allow(message, key))
+
+    async def _allow(self, message: pb.AllowRequest, key: str | None) -> pb.Decision:
+        gateway = self.gateway
+        owner = gateway.identify(key)
+        check = _check(message)
+        if gateway.remote is None:
+            decision = gateway.decide(check, owner)
+        else:
+            decision = await gateway.decide_remote(check, owner)
+        return decision_message(message.tenant, str(check.resource), decision)
+
+    async def AllowBatch(  # type: ignore[override]
+        self, message: pb.AllowBatchRequest, request: Any
+    ) -> pb.AllowBatchResponse:
+        return await self.calls.run(request, lambda key: self._allow_batch(message, key))
+
+    async def _allow_batch(
+        self, message: pb.AllowBatchRequest, key: str | None
+    ) -> pb.AllowBatchResponse:
+        gateway = self.gateway
+        owner = gateway.identify(key)
+        if not message.checks:
+            raise InvalidRequest("checks must be a non-empty list", field="checks")
+        if len(message.checks) > self.max_batch_checks:
+            raise InvalidRequest(
+                f"checks may hold at most {self.max_batch_checks} entries,"
+                f" got {len(message.checks)}",
+                field="checks",
+            )
+        checks: list[Check | HeliosError] = []
+        for raw in message.checks:
+            try:
+                checks.append(_check(raw))
+            except HeliosError as error:
+                checks.append(error)
+        valid = [check for check in checks if isinstance(check, Check)]
+        if gateway.remote is None:
+            outcomes = gateway.decide_batch(valid, owner)
+        else:
+            outcomes = await gateway.decide_batch_remote(valid, owner)
+
+        decided = iter(outcomes)
+        results = []
+        for check in checks:
+            outcome = next(decided) if isinstance(check, Check) else check
+            if isinstance(outcome, Decision):
+                assert isinstance(check, Check)
+                text = decision_message(str(check.tenant), str(check.resource), outcome)
+                results.append(pb.BatchResult(decision=text))
+            else:
+                failure = pb.CheckError(
+                    code=outcome.grpc_code, message=outcome.message, field=outcome.field or ""
+                )
+                results.append(pb.BatchResult(error=failure))
+        return pb.AllowBatchResponse(results=results)
+
+    async def GetQuota(self, message: pb.GetQuotaRequest, request: Any) -> pb.Quota:  # type: ignore[override]
+        return await self.calls.run(request, lambda key: self._get_quota(message, key))
+
+    async def _get_quota(self, message: pb.GetQuotaRequest, key: str | None) -> pb.Quota:
+        gateway = self.gateway
+        owner = gateway.identify(key)
+        tenant = check_name(message.tenant, "tenant")
+        resource = message.resource or "default"
+        if gateway.remote is None:
+            return quota_message(gateway.quota(tenant, resource, owner))
+        return quota_message(await gateway.quota_remote(tenant, resource, owner))
+
+
+class EnvoyServicer(rls_grpc.RateLimitServiceServicer):
+    """envoy.service.ratelimit.v3.RateLimitService: ShouldRateLimit (see helios.grpc.envoy)."""
+
+    def __init__(self, gateway: Gateway, calls: _Calls) -> None:
+        self.gateway = gateway
+        self.calls = calls
+
+    async def ShouldRateLimit(self, message: RateLimitRequest, request: Any) -> RateLimitResponse:  # type: ignore[override]
+        return await self.calls.run(request, lambda key: self._should_rate_limit(message, key))
+
+    async def _should_rate_limit(
+        self, message: RateLimitRequest, key: str | None
+    ) -> RateLimitResponse:
+        gateway = self.gateway
+        owner = gateway.identify(key)
+        if gateway.remote is None:
+            return envoy.should_rate_limit(gateway, message, owner)
+        return await envoy.should_rate_limit_remote(gateway, message, owner)
+
+
+class _StrictStream(GRPCProtoStream):  # type: ignore[misc]
+    """A server stream that answers a message that does not parse with INVALID_ARGUMENT."""
+
+    async def receive_event(self) -> Any:
+        try:
+            return await super().receive_event()
+        except DecodeError:
+            raise RpcFailedError(
+                Status(StatusCode.INVALID_ARGUMENT, "the request message does not parse")
+            ) from None
+
+
+class _StrictSocket(GRPCProtoSocket):  # type: ignore[misc]
+    StreamClass = _StrictStream
+
+
+class _Handler(ConnectionHandler):  # type: ignore[misc]
+    """purerpc's connection handler, on Helios's listener, without swallowing cancellation."""
+
+    def __init__(self, services: dict[str, Service], server: GrpcServer) -> None:
+        # ConnectionHandler keeps statistics on a purerpc Server; give it one
+        # that never listens.
+        super().__init__(services, Server(port=0))
+        self._helios = server
+
+    async def __call__(self, stream: anyio.abc.SocketStream) -> None:
+        self._helios.connections += 1
+        try:
+            async with (
+                _StrictSocket(self.config, stream) as grpc_socket,
+                anyio.create_task_group() as task_group,
+            ):
+                async for grpc_stream in grpc_socket.listen():
+                    task_group.start_soon(self.request_received, grpc_stream)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, ssl.SSLError, OSError):
+            pass  # the peer went away
+        except Exception:
+            log.warning("gRPC connection failed", exc_info=True)
+        finally:
+            self._helios.connections -= 1
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+
+class GrpcServer:
+    """The gateway's gRPC listener; :meth:`drain` and :meth:`wait_closed` for shutdown."""
+
+    def __init__(
+        self, gateway: Gateway, *, max_batch_checks: int = DEFAULT_MAX_BATCH_CHECKS
+    ) -> None:
+        self.gateway = gateway
+        self.calls = _Calls()
+        self.connections = 0
+        self._services = {
+            "helios.v1.RateLimitService": HeliosServicer(
+                gateway, self.calls, max_batch_checks=max_batch_checks
+            ).service,
+            "envoy.service.ratelimit.v3.RateLimitService": EnvoyServicer(
+                gateway, self.calls
+            ).service,
+        }
+        self._accepting: trio.CancelScope | None = None
+
+    async def serve(
+        self,
+        host: str,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen on ``host``:``port`` until cancelled; report the bound address.
+
+        Connections are served in a task group of their own, so that
+        :meth:`drain` can stop accepting while calls in flight finish.
+        """
+        listener: anyio.abc.Listener[Any] = await anyio.create_tcp_listener(
+            local_host=host, local_port=port
+        )
+        address = listener.extra(anyio.abc.SocketAttribute.local_address)  # noqa: S610
+        if ssl_context is not None:
+            listener = TLSListener(listener, ssl_context, standard_compatible=False)
+        handler = _Handler(self._services, self)
+        async with anyio.create_task_group() as connections:
+            async with listener:
+                with trio.CancelScope() as self._accepting:
+                    task_status.started((str(address[0]), int(address[1])))
+                    await listener.serve(handler, task_group=connections)
+            # Draining: the listener is closed; open connections finish their
+            # calls, then are cancelled with the process.
+            await trio.sleep_forever()
+
+    def drain(self) -> None:
+        """Stop accepting connections; calls in flight go on."""
+        if self._accepting is not None:
+            self._accepting.cancel()
+
+    async def wait_closed(self) -> None:
+        """Wait, after :meth:`drain`, until no call is in flight."""
+        await self.calls.idle.wait()
+
+
+async def serve_grpc(
+    gateway: Gateway,
+    host: str,
+    port: int,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    max_batch_checks: int = DEFAULT_MAX_BATCH_CHECKS,
+    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the gateway's gRPC APIs on ``host``:``port`` until cancelled.
+
+    Reports ``(host, port)`` of the listener (the real port when 0 was asked).
+    """
+    server = GrpcServer(gateway, max_batch_checks=max_batch_checks)
+    await server.serve(host, port, ssl_context=ssl_context, task_status=task_status)
