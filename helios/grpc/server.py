@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
+from contextlib import nullcontext
 from typing import Any, TypeVar
 
 import anyio
@@ -150,7 +151,7 @@ class _Calls:
             # A deadline the client set bounds the work done for it; the
             # client has given up by then, so the status is only a courtesy.
             timeout = request.timeout
-            with trio.fail_after(timeout.total_seconds()) if timeout else _no_deadline():
+            with trio.fail_after(timeout.total_seconds()) if timeout else nullcontext():
                 return await call(api_key(request.custom_metadata))
         except HeliosError as error:
             raise _status(error) from None
@@ -163,18 +164,6 @@ class _Calls:
         except Exception:
             log.exception("internal error answering %s", request.method_name)
             raise RpcFailedError(Status(StatusCode.INTERNAL, "internal error")) from None
-
-
-class _NoDeadline:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc_info: object) -> None:
-        return None
-
-
-def _no_deadline() -> _NoDeadline:
-    return _NoDeadline()
 
 
 class HeliosServicer(ratelimit_grpc.RateLimitServiceServicer):
