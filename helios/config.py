@@ -79,6 +79,8 @@ class HttpSettings:
 
 @dataclass(slots=True)
 class GrpcSettings:
+    # The Helios gRPC API and Envoy's rate limit service (RLS v3).
+    enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 9080
 

@@ -32,6 +32,7 @@ from helios.gateway.http_api import HttpApi, error_body
 from helios.gateway.metrics import GatewayCollector, GatewayMetrics, make_registry
 from helios.gateway.metrics_http import MetricsApi
 from helios.gateway.service import Clock, Gateway, RemoteBackend
+from helios.grpc.server import GrpcServer
 from helios.server.http import HTTPServer, Limits
 from helios.store.policy_file import file_version, load_policies
 
@@ -51,6 +52,7 @@ class Runtime:
     config: Config
     gateway: Gateway | None = None
     http_servers: list[HTTPServer] = field(default_factory=list)
+    grpc_servers: list[GrpcServer] = field(default_factory=list)
     addresses: dict[str, tuple[str, int]] = field(default_factory=dict)
     stopping: trio.Event = field(default_factory=trio.Event)
     # SIGHUP asks for a policy reload through this channel (room for one).
@@ -179,6 +181,12 @@ async def _run_gateway(
             )
         )
         runtime.addresses["http"] = listeners[0].socket.getsockname()[:2]
+        if config.grpc.enabled:
+            grpc_server = GrpcServer(gateway, max_batch_checks=config.gateway.max_batch_checks)
+            runtime.grpc_servers.append(grpc_server)
+            runtime.addresses["grpc"] = await nursery.start(
+                _serve_grpc, grpc_server, config.grpc.host, config.grpc.port, tls
+            )
         if config.metrics.enabled:
             registry = make_registry(GatewayCollector(gateway, metrics, data_plane))
             metrics_server = HTTPServer(
@@ -278,14 +286,35 @@ async def _watch_signals(runtime: Runtime, root: trio.CancelScope) -> None:
             return
 
 
+async def _serve_grpc(
+    server: GrpcServer,
+    host: str,
+    port: int,
+    tls: ssl.SSLContext | None,
+    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    try:
+        await server.serve(host, port, ssl_context=tls, task_status=task_status)
+    except OSError as error:
+        raise OSError(
+            error.errno,
+            f"cannot listen on {host}:{port} (set by grpc.host, grpc.port):"
+            f" {error.strerror or error}",
+        ) from None
+
+
 async def shutdown(runtime: Runtime, root: trio.CancelScope) -> None:
     """Stop accepting, let requests in flight finish within the grace period, then stop."""
     runtime.stopping.set()
     for server in runtime.http_servers:
         server.drain()
+    for grpc_server in runtime.grpc_servers:
+        grpc_server.drain()
     with trio.move_on_after(runtime.config.gateway.shutdown_grace_seconds) as grace:
         for server in runtime.http_servers:
             await server.wait_closed()
+        for grpc_server in runtime.grpc_servers:
+            await grpc_server.wait_closed()
     if grace.cancelled_caught:
         open_connections = sum(server.connections for server in runtime.http_servers)
         log.warning("grace period over; closing %d connections", open_connections)
@@ -297,8 +326,9 @@ def _log_summary(runtime: Runtime, source: str, tls: bool) -> None:
     config = runtime.config
     gateway = runtime.gateway
     assert gateway is not None
+    schemes = {"http": "https" if tls else "http", "grpc": "grpcs" if tls else "grpc"}
     listeners = ", ".join(
-        f"{name} {'https' if tls and name == 'http' else 'http'}://{host}:{port}"
+        f"{name} {schemes.get(name, 'http')}://{host}:{port}"
         for name, (host, port) in runtime.addresses.items()
     )
     mode = gateway.mode

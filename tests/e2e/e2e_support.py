@@ -58,6 +58,8 @@ def clean_environment(settings: Mapping[str, str] | None = None) -> dict[str, st
     environment = {
         name: value for name, value in os.environ.items() if not name.startswith(_CONFIG_PREFIXES)
     }
+    # gRPC on a port of the system's choosing, so that processes never collide.
+    environment["HELIOS_GRPC_PORT"] = "0"
     environment.update(settings or {})
     return environment
 
