@@ -3,7 +3,7 @@
 It answers ``Allow`` with a constant :class:`Decision` and ``AllowBatch`` with
 one constant decision per check, deciding nothing: no API key, no policy
 lookup, no bucket. It is served through Helios's own listener machinery
-(:class:`helios.grpc.server.GrpcServer`: the anyio listener bound to one host,
+(:class:`helios.grpc.server.GrpcListener`: the anyio listener bound to one host,
 the same purerpc connection handler and strict stream), so the bare service
 and the ``helios`` gateway differ only in the work done per call.
 
@@ -24,7 +24,7 @@ import trio
 
 from helios.grpc.generated.helios.v1 import ratelimit_grpc
 from helios.grpc.generated.helios.v1 import ratelimit_pb2 as pb
-from helios.grpc.server import GrpcServer, _Calls
+from helios.grpc.server import GrpcListener
 
 # Field values shaped like a Helios answer for tenant "acme", resource "demo"
 # under bench/policies.toml, so the response messages are of similar size.
@@ -66,16 +66,9 @@ class EchoServicer(ratelimit_grpc.RateLimitServiceServicer):
         return pb.Quota(tenant=message.tenant, resource=message.resource or "default")
 
 
-class EchoGrpcServer(GrpcServer):
+def echo_server() -> GrpcListener:
     """Helios's gRPC listener serving only :class:`EchoServicer`."""
-
-    def __init__(self) -> None:
-        # No gateway, unlike GrpcServer: only the listener state serve() uses.
-        self.gateway = None  # type: ignore[assignment]
-        self.calls = _Calls()
-        self.connections = 0
-        self._services = {"helios.v1.RateLimitService": EchoServicer().service}
-        self._accepting = None
+    return GrpcListener({"helios.v1.RateLimitService": EchoServicer().service})
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -87,7 +80,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 async def _serve(host: str, port: int) -> None:
-    server = EchoGrpcServer()
+    server = echo_server()
     async with trio.open_nursery() as nursery:
         bound = await nursery.start(server.serve, host, port)
         print(f"grpc echo listening on {bound[0]}:{bound[1]}", flush=True)

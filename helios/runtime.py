@@ -98,7 +98,8 @@ def build_gateway(
     return gateway, source
 
 
-def _tls_context(config: Config) -> ssl.SSLContext | None:
+def _tls_context(config: Config, *, alpn: list[str] | None = None) -> ssl.SSLContext | None:
+    """The server's TLS context, or None without TLS; ``alpn``: protocols to offer."""
     if not config.http.tls_enabled:
         return None
     for setting, path in (
@@ -115,6 +116,8 @@ def _tls_context(config: Config) -> ssl.SSLContext | None:
             f"cannot load the TLS certificate {config.http.cert_path!r}"
             f" with key {config.http.key_path!r}: {error}"
         ) from None
+    if alpn:
+        context.set_alpn_protocols(alpn)
     return context
 
 
@@ -184,8 +187,10 @@ async def _run_gateway(
         if config.grpc.enabled:
             grpc_server = GrpcServer(gateway, max_batch_checks=config.gateway.max_batch_checks)
             runtime.grpc_servers.append(grpc_server)
+            # gRPC clients insist on negotiating HTTP/2 through ALPN.
+            grpc_tls = _tls_context(config, alpn=["h2"])
             runtime.addresses["grpc"] = await nursery.start(
-                _serve_grpc, grpc_server, config.grpc.host, config.grpc.port, tls
+                _serve_grpc, grpc_server, config.grpc.host, config.grpc.port, grpc_tls
             )
         if config.metrics.enabled:
             registry = make_registry(GatewayCollector(gateway, metrics, data_plane))

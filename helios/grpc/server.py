@@ -5,8 +5,8 @@ Helios does not use it to listen: :class:`GrpcServer` opens its own listener
 on the configured host (anyio, on trio) and hands each connection to
 purerpc's connection handler. The handler is adapted in two ways: a request
 message that does not parse is answered INVALID_ARGUMENT (purerpc would
-answer CANCELLED), and calls in flight are counted so that shutdown can wait
-for them.
+answer CANCELLED), and on shutdown each connection stops taking calls,
+finishes and flushes those in flight, then closes.
 
 Errors: a :class:`~helios.errors.HeliosError` becomes the gRPC status its
 ``grpc_code`` names, with its message; a denial is a normal reply.
@@ -129,24 +129,9 @@ def quota_message(quota: Quota) -> pb.Quota:
 
 
 class _Calls:
-    """Runs each call: translates errors and counts the calls in flight."""
-
-    def __init__(self) -> None:
-        self.in_flight = 0
-        self.idle = trio.Event()
-        self.idle.set()
+    """Runs each call: the client's deadline, and errors as gRPC statuses."""
 
     async def run(self, request: Any, call: Callable[[str | None], Awaitable[T]]) -> T:
-        self.in_flight += 1
-        self.idle = trio.Event() if self.in_flight == 1 else self.idle
-        try:
-            return await self._run(request, call)
-        finally:
-            self.in_flight -= 1
-            if not self.in_flight:
-                self.idle.set()
-
-    async def _run(self, request: Any, call: Callable[[str | None], Awaitable[T]]) -> T:
         try:
             # A deadline the client set bounds the work done for it; the
             # client has given up by then, so the status is only a courtesy.
@@ -284,49 +269,71 @@ class _StrictSocket(GRPCProtoSocket):  # type: ignore[misc]
 class _Handler(ConnectionHandler):  # type: ignore[misc]
     """purerpc's connection handler, on Helios's listener, without swallowing cancellation."""
 
-    def __init__(self, services: dict[str, Service], server: GrpcServer) -> None:
+    def __init__(self, services: dict[str, Service], server: GrpcListener) -> None:
         # ConnectionHandler keeps statistics on a purerpc Server; give it one
         # that never listens.
         super().__init__(services, Server(port=0))
         self._helios = server
 
     async def __call__(self, stream: anyio.abc.SocketStream) -> None:
-        self._helios.connections += 1
+        helios = self._helios
+        # Draining cancels this scope: the connection takes no new calls, its
+        # calls in flight finish and their replies are flushed, then it closes.
+        listening = trio.CancelScope()
+        helios.connection_opened(listening)
         try:
             async with (
                 _StrictSocket(self.config, stream) as grpc_socket,
                 anyio.create_task_group() as task_group,
             ):
-                async for grpc_stream in grpc_socket.listen():
-                    task_group.start_soon(self.request_received, grpc_stream)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, ssl.SSLError, OSError):
-            pass  # the peer went away
-        except Exception:
-            log.warning("gRPC connection failed", exc_info=True)
+                with listening:
+                    async for grpc_stream in grpc_socket.listen():
+                        task_group.start_soon(self.request_received, grpc_stream)
+        except Exception as error:
+            if not _peer_went_away(error):
+                log.warning("gRPC connection failed", exc_info=True)
         finally:
-            self._helios.connections -= 1
             with trio.CancelScope(shield=True):
                 await stream.aclose()
+            helios.connection_closed(listening)
 
 
-class GrpcServer:
-    """The gateway's gRPC listener; :meth:`drain` and :meth:`wait_closed` for shutdown."""
+_PEER_GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError, ssl.SSLError, OSError)
 
-    def __init__(
-        self, gateway: Gateway, *, max_batch_checks: int = DEFAULT_MAX_BATCH_CHECKS
-    ) -> None:
-        self.gateway = gateway
-        self.calls = _Calls()
+
+def _peer_went_away(error: BaseException) -> bool:
+    """True for the errors of a client that disconnected, alone or in a group."""
+    if isinstance(error, BaseExceptionGroup):
+        return all(_peer_went_away(inner) for inner in error.exceptions)
+    return isinstance(error, _PEER_GONE)
+
+
+class GrpcListener:
+    """Serves purerpc services on Helios's own listener (see the module docstring).
+
+    :meth:`drain` and :meth:`wait_closed` are for shutdown.
+    """
+
+    def __init__(self, services: dict[str, Service]) -> None:
         self.connections = 0
-        self._services = {
-            "helios.v1.RateLimitService": HeliosServicer(
-                gateway, self.calls, max_batch_checks=max_batch_checks
-            ).service,
-            "envoy.service.ratelimit.v3.RateLimitService": EnvoyServicer(
-                gateway, self.calls
-            ).service,
-        }
+        self._services = services
         self._accepting: trio.CancelScope | None = None
+        self._listening: set[trio.CancelScope] = set()
+        self._draining = False
+        # Set once draining and the last connection has closed.
+        self._closed = trio.Event()
+
+    def connection_opened(self, listening: trio.CancelScope) -> None:
+        self.connections += 1
+        self._listening.add(listening)
+        if self._draining:
+            listening.cancel()
+
+    def connection_closed(self, listening: trio.CancelScope) -> None:
+        self.connections -= 1
+        self._listening.discard(listening)
+        if self._draining and not self.connections:
+            self._closed.set()
 
     async def serve(
         self,
@@ -358,13 +365,38 @@ class GrpcServer:
             await trio.sleep_forever()
 
     def drain(self) -> None:
-        """Stop accepting connections; calls in flight go on."""
+        """Stop accepting connections and calls; calls in flight go on."""
+        self._draining = True
         if self._accepting is not None:
             self._accepting.cancel()
+        for listening in list(self._listening):
+            listening.cancel()
+        if not self.connections:
+            self._closed.set()
 
     async def wait_closed(self) -> None:
-        """Wait, after :meth:`drain`, until no call is in flight."""
-        await self.calls.idle.wait()
+        """Wait, after :meth:`drain`, until every connection has answered and closed."""
+        await self._closed.wait()
+
+
+class GrpcServer(GrpcListener):
+    """The gateway's gRPC listener: Helios's RateLimitService and Envoy's RLS v3."""
+
+    def __init__(
+        self, gateway: Gateway, *, max_batch_checks: int = DEFAULT_MAX_BATCH_CHECKS
+    ) -> None:
+        self.gateway = gateway
+        self.calls = _Calls()
+        super().__init__(
+            {
+                "helios.v1.RateLimitService": HeliosServicer(
+                    gateway, self.calls, max_batch_checks=max_batch_checks
+                ).service,
+                "envoy.service.ratelimit.v3.RateLimitService": EnvoyServicer(
+                    gateway, self.calls
+                ).service,
+            }
+        )
 
 
 async def serve_grpc(
