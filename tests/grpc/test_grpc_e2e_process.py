@@ -3,10 +3,8 @@ the listener's address, shutdown with a call in flight, and TLS."""
 
 from __future__ import annotations
 
-import shutil
 import signal
 import socket
-import subprocess
 import time
 from pathlib import Path
 from types import ModuleType
@@ -26,6 +24,7 @@ from grpc_e2e_support import (  # noqa: F401 - fixtures, found by name
     stalled,
     start_helios,
 )
+from redis_servers import self_signed_certificate
 
 from helios.grpc.generated.helios.v1 import ratelimit_pb2 as pb
 
@@ -198,39 +197,6 @@ async def test_sigterm_with_call_in_flight(
         assert sorted(d.remaining for d in results) == list(range(1, IN_FLIGHT_CALLS + 1))
 
 
-def _self_signed(directory: Path) -> tuple[Path, Path]:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("the openssl tool is not installed")
-    certificate, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        [
-            openssl,
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(certificate),
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1,DNS:localhost",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
-    return certificate, key
-
-
 def _secure_allow(target: str, root: bytes, stubs: dict[str, ModuleType]) -> Any:
     credentials = grpc.ssl_channel_credentials(root_certificates=root)
     with grpc.secure_channel(target, credentials) as channel:
@@ -240,7 +206,7 @@ def _secure_allow(target: str, root: bytes, stubs: dict[str, ModuleType]) -> Any
 
 
 async def test_tls(grpcio_stubs: Any, tmp_path: Path) -> None:
-    certificate, key = _self_signed(tmp_path)
+    certificate, key = self_signed_certificate(tmp_path)
     (port,) = free_ports(1)
     helios = start_helios(
         tmp_path / "helios",

@@ -434,6 +434,40 @@ def _flags(entry: list[bytes] | dict[bytes, bytes]) -> str:
     return fields.get(b"flags", b"").decode()
 
 
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A (certificate, key) pair for 127.0.0.1 and localhost, made with openssl."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the openssl tool is not installed")
+    certificate, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(certificate),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    return certificate, key
+
+
 # Fixtures: conftest.py files import these (here and in tests/strong), so that
 # every suite starts its servers the same way.
 

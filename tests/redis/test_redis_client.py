@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 import pytest
 import trio
-from redis_servers import RedisServer, free_ports
+from redis_servers import RedisServer, free_ports, self_signed_certificate
 
 from helios.backends.redis import (
     Address,
@@ -208,43 +206,10 @@ async def test_ping_statistics_and_close(redis_server: RedisServer) -> None:
         assert client.statistics().connections == 0
 
 
-def _self_signed(directory: Path) -> tuple[Path, Path]:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("the openssl tool is not installed")
-    certificate, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        [
-            openssl,
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(certificate),
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1,DNS:localhost",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
-    return certificate, key
-
-
 async def test_tls_with_a_private_certificate_authority(
     redis_server_factory: Callable[..., RedisServer], tmp_path: Path
 ) -> None:
-    certificate, key = _self_signed(tmp_path)
+    certificate, key = self_signed_certificate(tmp_path)
     (tls_port,) = free_ports(1)
     server = redis_server_factory(
         args=[
