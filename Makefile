@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	@echo "Helios on http://127.0.0.1:8080 (metrics on :2112) with the demo API key '$(DEMO_KEY)'."
+	@echo "Helios on http://127.0.0.1:8080 (gRPC on :9080, metrics on :2112) with the demo API key '$(DEMO_KEY)'."
 	@echo "Try: curl 'http://127.0.0.1:8080/allow?tenant=acme&resource=demo&cost=1&api_key=$(DEMO_KEY)'"
 	HELIOS_ALLOWED_API_KEYS=$(DEMO_KEY) $(BIN)/helios --role all
 
