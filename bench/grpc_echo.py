@@ -50,7 +50,9 @@ class EchoServicer(ratelimit_grpc.RateLimitServiceServicer):
     def __init__(self) -> None:
         self._batches: dict[int, pb.AllowBatchResponse] = {}
 
-    async def Allow(self, message: pb.AllowRequest, request: Any) -> pb.Decision:  # type: ignore[override]
+    async def Allow(  # type: ignore[override]
+        self, message: pb.AllowRequest, request: Any
+    ) -> pb.Decision:
         return DECISION
 
     async def AllowBatch(  # type: ignore[override]
@@ -62,7 +64,9 @@ class EchoServicer(ratelimit_grpc.RateLimitServiceServicer):
             response = self._batches[size] = pb.AllowBatchResponse(results=[RESULT] * size)
         return response
 
-    async def GetQuota(self, message: pb.GetQuotaRequest, request: Any) -> pb.Quota:  # type: ignore[override]
+    async def GetQuota(  # type: ignore[override]
+        self, message: pb.GetQuotaRequest, request: Any
+    ) -> pb.Quota:
         return pb.Quota(tenant=message.tenant, resource=message.resource or "default")
 
 

@@ -159,7 +159,9 @@ class HeliosServicer(ratelimit_grpc.RateLimitServiceServicer):
         self.calls = calls
         self.max_batch_checks = max_batch_checks
 
-    async def Allow(self, message: pb.AllowRequest, request: Any) -> pb.Decision:  # type: ignore[override]
+    async def Allow(  # type: ignore[override]
+        self, message: pb.AllowRequest, request: Any
+    ) -> pb.Decision:
         return await self.calls.run(request, lambda key: self._allow(message, key))
 
     async def _allow(self, message: pb.AllowRequest, key: str | None) -> pb.Decision:
@@ -217,7 +219,9 @@ class HeliosServicer(ratelimit_grpc.RateLimitServiceServicer):
                 results.append(pb.BatchResult(error=failure))
         return pb.AllowBatchResponse(results=results)
 
-    async def GetQuota(self, message: pb.GetQuotaRequest, request: Any) -> pb.Quota:  # type: ignore[override]
+    async def GetQuota(  # type: ignore[override]
+        self, message: pb.GetQuotaRequest, request: Any
+    ) -> pb.Quota:
         return await self.calls.run(request, lambda key: self._get_quota(message, key))
 
     async def _get_quota(self, message: pb.GetQuotaRequest, key: str | None) -> pb.Quota:
@@ -237,7 +241,9 @@ class EnvoyServicer(rls_grpc.RateLimitServiceServicer):
         self.gateway = gateway
         self.calls = calls
 
-    async def ShouldRateLimit(self, message: RateLimitRequest, request: Any) -> RateLimitResponse:  # type: ignore[override]
+    async def ShouldRateLimit(  # type: ignore[override]
+        self, message: RateLimitRequest, request: Any
+    ) -> RateLimitResponse:
         return await self.calls.run(request, lambda key: self._should_rate_limit(message, key))
 
     async def _should_rate_limit(

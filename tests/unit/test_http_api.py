@@ -341,7 +341,8 @@ async def test_colon_in_tenant_or_resource_never_shares_a_counter(
         assert response.json["tenant"] == "a"
         assert response.json["resource"] == "b:c"
         # And the same through a JSON body, with characters that need quoting.
-        for tenant, resource in [("a/b", "{c}"), ("a", "b/{c}"), ("日本 ü", "x"), ("日本", " üx")]:
+        pairs = [("a/b", "{c}"), ("a", "b/{c}"), ("日本 ü", "x"), ("日本", " üx")]
+        for tenant, resource in pairs:
             response = await conn.post_json(
                 "/api/v1/allow", {"tenant": tenant, "resource": resource}
             )

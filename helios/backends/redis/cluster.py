@@ -243,7 +243,8 @@ class RedisCluster(_Guarded):
         slots = self._slots
         if slots is None or self._closed:
             slots = await self._slot_table(deadline)
-        slot = key_slot(key) if key is not None else random.randrange(SLOT_COUNT)  # noqa: S311 - spreading load, not a secret
+        # A keyless command goes to a random slot's master: spreading load, not a secret.
+        slot = key_slot(key) if key is not None else random.randrange(SLOT_COUNT)  # noqa: S311
         pool = slots[slot]
         asking = False
         redirections = 0
