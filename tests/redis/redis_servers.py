@@ -479,7 +479,8 @@ def redis_server_factory(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]
     started: list[RedisServer] = []
 
     def start(**options: object) -> RedisServer:
-        server = start_server(tmp_path / f"redis-{len(started)}", **options)  # type: ignore[arg-type]
+        directory = tmp_path / f"redis-{len(started)}"
+        server = start_server(directory, **options)  # type: ignore[arg-type]
         started.append(server)
         return server
 
