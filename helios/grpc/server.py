@@ -304,7 +304,14 @@ class _Handler(ConnectionHandler):  # type: ignore[misc]
             helios.connection_closed(listening)
 
 
-_PEER_GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError, ssl.SSLError, OSError)
+_PEER_GONE = (
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    anyio.EndOfStream,
+    anyio.IncompleteRead,
+    ssl.SSLError,
+    OSError,
+)
 
 
 def _peer_went_away(error: BaseException) -> bool:
