@@ -105,8 +105,12 @@ def _print_config(config: Config) -> None:
         value = getattr(getattr(config, section), key) if section else config.role
         if "api_keys" in key:
             value = f"<{len(value)} keys>"
+        elif "password" in key and value:
+            value = "<redacted>"
         elif name == "redis.url":
             value = redact(value)
+        elif name == "store.etcd_endpoints":
+            value = [redact(endpoint) for endpoint in value]
         print(f"{name} = {value!r}")
 
 

@@ -96,8 +96,32 @@ class MetricsSettings:
 class ControlSettings:
     http_host: str = "127.0.0.1"
     http_port: int = 8081
+    grpc_enabled: bool = True
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 9081
+    metrics_enabled: bool = True
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 2113
+    # Keys that may use the control plane. Comma-separated in the environment.
+    admin_api_keys: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class StoreSettings:
+    # etcd endpoints (http://host:2379 or https://...), comma-separated in the
+    # environment. Empty: the embedded store (store.file).
+    etcd_endpoints: list[str] = field(default_factory=list)
+    # etcd user and password, when etcd's authentication is on.
+    etcd_username: str = ""
+    etcd_password: str = ""
+    # Every key Helios keeps in etcd starts with this.
+    prefix: str = "/helios/"
+    # The embedded store: one JSON file, written atomically, read at start.
+    file: str = "helios-store.json"
+    # How long one call to the store may take.
+    timeout_ms: int = 2000
+    # A gateway's registration disappears this long after the gateway does.
+    lease_ttl_seconds: int = 10
 
 
 @dataclass(slots=True)
@@ -121,6 +145,7 @@ class Config:
     redis: RedisSettings = field(default_factory=RedisSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     control: ControlSettings = field(default_factory=ControlSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
     policies: PoliciesSettings = field(default_factory=PoliciesSettings)
     log: LogSettings = field(default_factory=LogSettings)
 
@@ -136,6 +161,7 @@ class Config:
             "metrics.port",
             "control.http_port",
             "control.grpc_port",
+            "control.metrics_port",
         ):
             port = _get(self, name)
             if not 0 <= port <= 65535:
@@ -145,6 +171,8 @@ class Config:
         for name in (
             "redis.timeout_ms",
             "redis.pool_size",
+            "store.timeout_ms",
+            "store.lease_ttl_seconds",
             "redis.breaker_failures",
             "gateway.max_buckets",
             "gateway.max_batch_checks",
@@ -168,13 +196,23 @@ class Config:
                 "http.tls_enabled needs http.cert_path and http.key_path"
                 " (GATEWAY_CERT_PATH, GATEWAY_KEY_PATH)"
             )
-        if any(not key for key in self.gateway.allowed_api_keys):
-            raise ConfigError("gateway.allowed_api_keys must not hold an empty key")
+        for name in ("gateway.allowed_api_keys", "control.admin_api_keys"):
+            if any(not key for key in _get(self, name)):
+                raise ConfigError(f"{name} must not hold an empty key")
+        for endpoint in self.store.etcd_endpoints:
+            if not endpoint.startswith(("http://", "https://")):
+                raise ConfigError(
+                    f"store.etcd_endpoints must be http:// or https:// URLs, got {endpoint!r}"
+                )
+        if not self.store.prefix.startswith("/"):
+            raise ConfigError(f"store.prefix must start with '/', got {self.store.prefix!r}")
 
 
 # Established environment names, kept working beside the HELIOS_SECTION_KEY ones.
 ALIASES: dict[str, str] = {
     "HELIOS_ALLOWED_API_KEYS": "gateway.allowed_api_keys",
+    "HELIOS_ADMIN_API_KEYS": "control.admin_api_keys",
+    "HELIOS_ETCD_ENDPOINTS": "store.etcd_endpoints",
     "GATEWAY_CONSISTENCY_MODE": "gateway.mode",
     "GATEWAY_TLS_ENABLED": "http.tls_enabled",
     "GATEWAY_CERT_PATH": "http.cert_path",
@@ -187,7 +225,9 @@ ALIASES: dict[str, str] = {
 
 # HELIOS_* variables that are not settings of this process: read by the
 # command line itself, by client tools, or by the load scripts.
-_NOT_SETTINGS = frozenset({"HELIOS_CONFIG", "HELIOS_API_KEY"})
+_NOT_SETTINGS = frozenset(
+    {"HELIOS_CONFIG", "HELIOS_API_KEY", "HELIOS_ADMIN_KEY", "HELIOS_CONTROL_URL"}
+)
 _NOT_SETTINGS_PREFIX = "HELIOS_LOADTEST_"
 
 
@@ -300,7 +340,8 @@ def _convert(value: object, hint: Any, setting: str, source: str, typed: bool) -
     """
     where = f"{setting} (from {source})"
     # Never echo what may be a secret.
-    secret = "key" in setting.rsplit(".", 1)[-1] and "path" not in setting
+    last = setting.rsplit(".", 1)[-1]
+    secret = ("key" in last and "path" not in last) or "password" in last
     shown = "<redacted>" if secret else repr(value)
     text = value.strip() if isinstance(value, str) and not typed else None
     if hint is bool:

@@ -64,6 +64,13 @@ class NotFound(HeliosError):
     grpc_code = "NOT_FOUND"
 
 
+class Conflict(HeliosError):
+    """The thing exists already, or changed since the caller read it."""
+
+    http_status = 409
+    grpc_code = "ABORTED"
+
+
 class MethodNotAllowed(HeliosError):
     http_status = 405
     grpc_code = "UNIMPLEMENTED"

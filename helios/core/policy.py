@@ -150,8 +150,8 @@ def parse_policy(data: Mapping[str, object], *, where: str = "policy") -> Policy
     if unknown:
         raise PolicyError(f"{where}.{unknown[0]}: unknown field", field=unknown[0])
 
-    tenant = _pattern(data.get("tenant"), f"{where}.tenant")
-    resource = _pattern(data.get("resource"), f"{where}.resource")
+    tenant = check_pattern(data.get("tenant"), f"{where}.tenant")
+    resource = check_pattern(data.get("resource"), f"{where}.resource")
     algorithm = data.get("algorithm", "token_bucket")
     if algorithm not in ALGORITHMS:
         raise PolicyError(
@@ -195,7 +195,7 @@ def parse_policy(data: Mapping[str, object], *, where: str = "policy") -> Policy
     return Policy(tenant, resource, algorithm, bands, shadow, failure_mode, description)
 
 
-def _pattern(value: object, field: str) -> str:
+def check_pattern(value: object, field: str) -> str:
     name = field.rsplit(".", 1)[-1]
     if not isinstance(value, str) or not value:
         raise PolicyError(f"{field} is required (a name, or a prefix ending in '*')", field=name)
