@@ -71,6 +71,12 @@ class Conflict(HeliosError):
     grpc_code = "ABORTED"
 
 
+class AlreadyExists(Conflict):
+    """Something with this name exists already."""
+
+    grpc_code = "ALREADY_EXISTS"
+
+
 class MethodNotAllowed(HeliosError):
     http_status = 405
     grpc_code = "UNIMPLEMENTED"

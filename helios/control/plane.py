@@ -33,7 +33,14 @@ from helios.control.model import (
 )
 from helios.core.names import check_name
 from helios.core.policy import check_pattern
-from helios.errors import Conflict, HeliosError, InvalidRequest, NotFound, PolicyError
+from helios.errors import (
+    AlreadyExists,
+    Conflict,
+    HeliosError,
+    InvalidRequest,
+    NotFound,
+    PolicyError,
+)
 from helios.store.kv import Compare, Delete, Entry, KeyValueStore, Put
 
 # Issued keys: a recognisable prefix, then 256 random bits.
@@ -135,7 +142,7 @@ class ControlPlane:
         document = {"name": name, "description": text, "created_at": self._wall_clock()}
         revision = await self.store.commit([Compare(key, 0)], [Put(key, dump(document))])
         if revision is None:
-            raise Conflict(f"tenant {name!r} already exists", field="tenant")
+            raise AlreadyExists(f"tenant {name!r} already exists", field="tenant")
         return Tenant(name, text, document["created_at"], revision)  # type: ignore[arg-type]
 
     async def update_tenant(
