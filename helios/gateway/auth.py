@@ -34,6 +34,14 @@ class KeyRing:
         # tells an attacker nothing about any key.
         self._tenant = {key_digest: tenant for tenant, key_digest in tenant_keys}
 
+    def set_tenant_keys(self, tenant_keys: Iterable[tuple[str, bytes]]) -> None:
+        """Replace the tenant keys (``(tenant, SHA-256 digest)`` pairs) at once."""
+        self._tenant = {key_digest: tenant for tenant, key_digest in tenant_keys}
+
+    @property
+    def tenant_key_count(self) -> int:
+        return len(self._tenant)
+
     @property
     def empty(self) -> bool:
         return not self._global and not self._tenant

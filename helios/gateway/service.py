@@ -86,6 +86,10 @@ class RemoteBackend(Protocol):
 
     async def ping(self) -> None: ...
 
+    async def reset(self, tenant: str, resource: str | None, policies: Sequence[Policy]) -> int:
+        """Delete a tenant's buckets: one resource's (under ``policies``' shapes), or all."""
+        ...
+
 
 # How many replaced policies a remote backend is told of, newest first.
 _MAX_PREDECESSORS = 4
@@ -371,6 +375,24 @@ class Gateway:
         tenant, resource, policy = self.resolve(tenant, resource)
         decision, bands = self.table.peek(policy, tenant, resource, self.clock.now_ns())
         return Quota(tenant, resource, decision, bands)
+
+    async def reset_counters(self, tenant: str, resource: str | None = None) -> int:
+        """Forget the counters of a tenant (one resource, or all); returns buckets dropped.
+
+        In STRONG mode the buckets in Redis are deleted too. Raises
+        :class:`~helios.errors.BackendError` if Redis cannot do it.
+        """
+        dropped = self.table.reset(tenant, resource)
+        if self.remote is None:
+            return dropped
+        policies: list[Policy] = []
+        if resource is not None:
+            policy = self.policies.resolve(tenant, resource)
+            if policy is None:
+                return dropped
+            # Units may still sit under the shapes the policy replaced.
+            policies = [policy, *self._predecessors_of(policy)]
+        return dropped + await self.remote.reset(tenant, resource, policies)
 
     def _count(self, decision: Decision) -> None:
         self.modes[decision.mode] = self.modes.get(decision.mode, 0) + 1

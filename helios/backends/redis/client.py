@@ -128,6 +128,10 @@ class RedisLike(Protocol):
 
     def statistics(self) -> RedisStatistics: ...
 
+    def masters(self) -> Sequence[RedisLike]:
+        """A client for each master (one, unless the store is a cluster): for SCAN."""
+        ...
+
     async def aclose(self) -> None:
         """Close every connection; calls in flight fail with RedisUnavailable."""
         ...
@@ -250,6 +254,9 @@ class Redis(_Guarded):
         reply = await self.execute("PING", timeout_ms=timeout_ms)
         if reply != b"PONG":
             raise RedisUnavailable(f"redis at {self.address} answered PING with {reply!r}")
+
+    def masters(self) -> Sequence[RedisLike]:
+        return [self]
 
     def statistics(self) -> RedisStatistics:
         connections = [m.connection for m in self._members if m.connection is not None]

@@ -32,6 +32,7 @@ from helios.backends.redis.client import (
     EMPTY_STATISTICS,
     ClientOptions,
     Redis,
+    RedisLike,
     RedisStatistics,
     _Guarded,
 )
@@ -205,6 +206,9 @@ class RedisCluster(_Guarded):
 
     def _target(self) -> str:
         return "redis cluster"
+
+    def masters(self) -> Sequence[RedisLike]:
+        return self._masters()
 
     def _masters(self) -> list[Redis]:
         if self._slots is None:

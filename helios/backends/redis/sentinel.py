@@ -29,6 +29,7 @@ from helios.backends.redis.client import (
     EMPTY_STATISTICS,
     ClientOptions,
     Redis,
+    RedisLike,
     RedisStatistics,
     _Guarded,
 )
@@ -138,6 +139,9 @@ class RedisSentinel(_Guarded):
         reply = await self.execute("PING", timeout_ms=timeout_ms)
         if reply != b"PONG":
             raise RedisUnavailable(f"redis at {self.master_address} answered PING with {reply!r}")
+
+    def masters(self) -> Sequence[RedisLike]:
+        return [self]
 
     def statistics(self) -> RedisStatistics:
         total = self._retired

@@ -42,6 +42,11 @@ def hash_tag(tenant: str, resource: str) -> str:
     return name.replace("%", "%25").replace("}", "%7D")
 
 
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally in a Redis MATCH pattern."""
+    return "".join("\\" + char if char in "*?[]\\" else char for char in text)
+
+
 def band_key(prefix: str, tag: str, algorithm: str, band: Band) -> str:
     window = band.calendar or str(band.window_ns // _NS_PER_US)
     return f"{prefix}:{{{tag}}}:{_ALGORITHM_CODES[algorithm]}:{window}"
@@ -161,3 +166,31 @@ class StrongBackend:
 
     async def ping(self) -> None:
         await self.redis.ping()
+
+    async def reset(self, tenant: str, resource: str | None, policies: Sequence[Policy]) -> int:
+        """Delete a tenant's buckets; returns how many keys were deleted.
+
+        One resource: the keys of its bucket under each of ``policies`` (they
+        share one hash tag, so one command deletes them, cluster or not).
+        Every resource: a SCAN of every master for the tenant's hash tags.
+        """
+        if resource is not None:
+            keys = sorted(
+                {key for policy in policies for key in self.keys(policy, tenant, resource)}
+            )
+            if not keys:
+                return 0
+            return int(await self.redis.execute("UNLINK", *keys))
+        # Inside the braces a tag starts with the tenant's length and name.
+        pattern = f"{_glob_escape(self.key_prefix)}:{{{_glob_escape(hash_tag(tenant, ''))}*"
+        deleted = 0
+        for node in self.redis.masters():
+            cursor = b"0"
+            while True:
+                reply = await node.execute("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
+                cursor, found = reply[0], reply[1]
+                for key in found:
+                    deleted += int(await self.redis.execute("UNLINK", key))
+                if cursor in (b"0", "0", 0):
+                    break
+        return deleted
