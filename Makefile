@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_KEY ?= test-key
 
-.PHONY: run test test-fast bench bench-growth protos lint typecheck format security-scan check-pins demo clean
+.PHONY: run test test-fast bench bench-growth protos lint typecheck format security-scan check-pins demo demo-down clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,9 +58,37 @@ check-pins: $(STAMP)
 security-scan: $(STAMP)
 	$(BIN)/ruff check --select S helios
 
+# The docker compose demo (deploy/): a STRONG-mode gateway on Redis, the control
+# plane on etcd, Prometheus, Grafana and Jaeger. Grafana's admin password is
+# made at random into deploy/.env.grafana (ignored by git) on first use.
 demo:
-	@echo "The docker compose demo (deploy/) is not built yet; 'make run' runs Helios locally."
-	@exit 1
+	@docker compose version >/dev/null 2>&1 || { \
+		echo "make demo needs Docker with the compose plugin ('docker compose'), which is not available here."; \
+		echo "Install Docker Engine or Docker Desktop with Compose v2, or use 'make run' to run Helios without Docker."; \
+		exit 1; }
+	@if [ ! -f deploy/.env.grafana ]; then \
+		password=$$(od -An -N18 -tx1 /dev/urandom | tr -d ' \n'); \
+		umask 077; \
+		sed "s/^GF_SECURITY_ADMIN_PASSWORD=.*/GF_SECURITY_ADMIN_PASSWORD=$$password/" \
+			deploy/.env.grafana.example > deploy/.env.grafana; \
+		echo "Wrote deploy/.env.grafana with a random Grafana admin password."; \
+	fi
+	docker compose -f deploy/docker-compose.yml up -d --build
+	@echo ""
+	@echo "Helios demo is up (every port on 127.0.0.1; keys are DEMO-ONLY):"
+	@echo "  gateway        http://127.0.0.1:8080   (gRPC 127.0.0.1:9080, API key 'demo-only-gateway-key')"
+	@echo "  control plane  http://127.0.0.1:8081   (gRPC 127.0.0.1:9081, admin key 'demo-only-admin-key')"
+	@echo "  metrics        http://127.0.0.1:2112/metrics (gateway), http://127.0.0.1:2113/metrics (control)"
+	@echo "  Prometheus     http://127.0.0.1:9090"
+	@echo "  Grafana        http://127.0.0.1:3000   (user and password in deploy/.env.grafana)"
+	@echo "  Jaeger         http://127.0.0.1:16686"
+	@echo "Stop it with 'make demo-down'."
+
+demo-down:
+	@docker compose version >/dev/null 2>&1 || { \
+		echo "make demo-down needs Docker with the compose plugin ('docker compose'), which is not available here."; \
+		exit 1; }
+	docker compose -f deploy/docker-compose.yml down --volumes
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
