@@ -247,7 +247,10 @@ class HttpApi:
         problems = self.gateway.ready_problems()
         if problems:
             return Response(503, json.dumps({"status": "not ready", "reasons": problems}).encode())
-        body = {"status": "ready", "policies": len(self.gateway.policies)}
+        body: dict[str, object] = {"status": "ready", "policies": len(self.gateway.policies)}
+        warnings = self.gateway.ready_warnings()
+        if warnings:
+            body["warnings"] = warnings
         return Response(200, json.dumps(body).encode())
 
     # Rendering.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -23,6 +24,10 @@ from helios import __version__
 from helios.backends.breaker import CircuitState
 from helios.gateway.service import Gateway
 from helios.server.http import HTTPServer
+
+if TYPE_CHECKING:
+    from helios.gateway.sync import PolicySync
+    from helios.runtime import StoreHealth
 
 # Upper bounds of the latency buckets, in seconds: 25 µs to 1 s.
 LATENCY_BUCKETS = (
@@ -73,10 +78,17 @@ class GatewayMetrics:
 class GatewayCollector(Collector):
     """Exposes the gateway's statistics at scrape time."""
 
-    def __init__(self, gateway: Gateway, metrics: GatewayMetrics, server: HTTPServer) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        metrics: GatewayMetrics,
+        server: HTTPServer,
+        sync: PolicySync | None = None,
+    ) -> None:
         self.gateway = gateway
         self.metrics = metrics
         self.server = server
+        self.sync = sync
 
     def collect(self) -> Iterator[Metric]:
         gateway = self.gateway
@@ -186,9 +198,70 @@ class GatewayCollector(Collector):
         )
         info.add_metric([__version__, gateway.role, gateway.mode], 1)
         yield info
+        if self.sync is not None:
+            yield from _sync_metrics(self.sync)
 
 
-def make_registry(collector: GatewayCollector) -> CollectorRegistry:
+def _sync_metrics(sync: PolicySync) -> Iterator[Metric]:
+    statistics = sync.statistics()
+    yield GaugeMetricFamily(
+        "helios_store_revision",
+        "Store revision whose policies and keys this gateway has applied.",
+        value=statistics.revision,
+    )
+    yield GaugeMetricFamily(
+        "helios_policies_stale",
+        "1 while the store is unreachable and the policies may be stale.",
+        value=1 if statistics.state.value == "stale" else 0,
+    )
+    yield CounterMetricFamily(
+        "helios_store_resyncs",
+        "Full reloads after a lost watch or a compaction.",
+        value=statistics.resyncs,
+    )
+    yield GaugeMetricFamily(
+        "helios_tenant_keys",
+        "Tenant API keys issued by the control plane.",
+        value=statistics.tenant_keys,
+    )
+    yield CounterMetricFamily(
+        "helios_counter_resets", "Counter resets applied.", value=statistics.resets_applied
+    )
+    errors = CounterMetricFamily(
+        "helios_store_errors", "Failures talking to the store, by kind.", labels=["kind"]
+    )
+    for kind, count in sorted(statistics.errors.items()):
+        errors.add_metric([kind], count)
+    yield errors
+
+
+class ControlCollector(Collector):
+    """Exposes the control plane's statistics at scrape time."""
+
+    def __init__(self, health: StoreHealth) -> None:
+        self.health = health
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "helios_control_store_up",
+            "1 while the control plane's store answers.",
+            value=0 if self.health.error else 1,
+        )
+        yield CounterMetricFamily(
+            "helios_control_store_failures",
+            "Failed checks of the control plane's store.",
+            value=self.health.failures,
+        )
+        info = GaugeMetricFamily(
+            "helios_build_info",
+            "Helios version, role and mode.",
+            labels=["version", "role", "mode"],
+        )
+        info.add_metric([__version__, "control", ""], 1)
+        yield info
+
+
+def make_registry(collector: Collector) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     return registry

@@ -8,7 +8,7 @@ nothing of HTTP or gRPC.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -161,6 +161,8 @@ class Gateway:
         self.denied = 0
         self.shadow_denied = 0
         self.policy_reloads = 0
+        # Why decisions may not be current though the gateway serves (stale policies).
+        self.ready_warnings: Callable[[], list[str]] = list
 
     def set_policies(self, policies: PolicySet) -> None:
         """Switch to new policies; buckets keep their spent units.

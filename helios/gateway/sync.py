@@ -114,6 +114,7 @@ class PolicySync:
         self._keys: dict[str, tuple[str, bytes]] = {}
         self._on_reset = on_reset
         self._errors: dict[str, int] = {}
+        gateway.ready_warnings = self.warnings
 
     # Inputs.
 

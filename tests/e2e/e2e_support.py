@@ -13,6 +13,7 @@ pipelined responses in order, ``connection: close``, and truncation.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
@@ -53,13 +55,26 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
+_stores = itertools.count()
+
+
 def clean_environment(settings: Mapping[str, str] | None = None) -> dict[str, str]:
     """This process's environment without any helios setting, plus ``settings``."""
     environment = {
         name: value for name, value in os.environ.items() if not name.startswith(_CONFIG_PREFIXES)
     }
-    # gRPC on a port of the system's choosing, so that processes never collide.
-    environment["HELIOS_GRPC_PORT"] = "0"
+    # Listeners on ports of the system's choosing, so that processes never
+    # collide, and an embedded store of their own.
+    for setting in (
+        "HELIOS_GRPC_PORT",
+        "HELIOS_CONTROL_HTTP_PORT",
+        "HELIOS_CONTROL_GRPC_PORT",
+        "HELIOS_CONTROL_METRICS_PORT",
+    ):
+        environment[setting] = "0"
+    environment["HELIOS_STORE_FILE"] = str(
+        Path(tempfile.gettempdir()) / f"helios-test-store-{os.getpid()}-{next(_stores)}.json"
+    )
     environment.update(settings or {})
     return environment
 
