@@ -13,8 +13,8 @@ The sync's states, and what moves it between them::
 
     LOADING  --snapshot applied-->            WATCHING
     WATCHING --watch lost / store down-->     STALE     (keep serving the last policies)
-    WATCHING --history compacted-->           LOADING   (a fresh snapshot)
-    STALE    --store answers again-->         LOADING
+    STALE    --watch resumed-->               WATCHING  (from the last applied revision)
+    WATCHING, STALE --history compacted-->    LOADING   (a fresh snapshot)
 
 While STALE, ``/ready`` stays 200 (a gateway that can still decide should
 not be pulled from its load balancer because etcd is down) but says that the
@@ -35,6 +35,7 @@ import secrets
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import cast
 
 import trio
 
@@ -60,6 +61,16 @@ log = logging.getLogger("helios.sync")
 # Backoff between attempts to reach the store again.
 RETRY_MIN_SECONDS = 0.1
 RETRY_MAX_SECONDS = 2.0
+
+
+class _Started:
+    """A task status that calls back when the watch reports it is established."""
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self._callback = callback
+
+    def started(self, value: object = None) -> None:
+        self._callback()
 
 
 class SyncState(enum.Enum):
@@ -107,6 +118,8 @@ class PolicySync:
         self.resets_applied = 0
         # trio time at which the store stopped answering (None while it answers).
         self.stale_since: float | None = None
+        # How long to wait before trying the store again.
+        self.delay = RETRY_MIN_SECONDS
         self.changed = trio.Event()
         self._base = list(base_policies)
         self._policies: dict[str, _StoredPolicy] = {}
@@ -128,15 +141,21 @@ class PolicySync:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Load, then follow the store until cancelled; reports started after the first load.
 
-        The first load must succeed (a gateway with no policies cannot serve);
-        later failures only make the policies stale.
+        The first load must succeed (a gateway with no policies cannot serve).
+        Later, a lost watch is resumed from the last applied revision, so no
+        change is missed; if the store no longer has that history, a fresh
+        snapshot is loaded.
         """
         await self._load()
         task_status.started()
-        delay = RETRY_MIN_SECONDS
         while True:
             try:
-                await self.store.watch(self.layout.prefix, self.revision + 1, self._apply_events)
+                await self.store.watch(
+                    self.layout.prefix,
+                    self.revision + 1,
+                    self._apply_events,
+                    task_status=cast(trio.TaskStatus[None], _Started(self._recovered)),
+                )
             except Compacted as error:
                 log.warning(
                     "the store compacted its history past revision %d (to %d); loading a snapshot",
@@ -144,22 +163,23 @@ class PolicySync:
                     error.compact_revision,
                 )
                 self._count_error("compacted")
+                try:
+                    await self._load()
+                    continue
+                except BackendError as load_error:
+                    self._went_stale(load_error)
             except BackendError as error:
                 self._went_stale(error)
-            else:
-                continue
-            await trio.sleep(delay)
-            try:
-                await self._load()
-            except BackendError as error:
-                self._went_stale(error)
-                delay = min(delay * 2, RETRY_MAX_SECONDS)
-                continue
-            delay = RETRY_MIN_SECONDS
+            await trio.sleep(self.delay)
+            self.delay = min(self.delay * 2, RETRY_MAX_SECONDS)
 
     async def _load(self) -> None:
         entries, revision = await self.store.range(self.layout.prefix)
         self._apply_snapshot(entries, revision)
+        self._recovered()
+
+    def _recovered(self) -> None:
+        self.delay = RETRY_MIN_SECONDS
         if self.stale_since is not None:
             log.info("the store answers again; policies are current (revision %d)", self.revision)
         self.stale_since = None
