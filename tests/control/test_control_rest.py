@@ -1,0 +1,556 @@
+"""The control plane's REST API, in process over Quart's test client and a MemoryStore."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Any
+
+import pytest
+from control_support import ADMIN_KEY, Api, CountingStore
+
+from helios.control.model import GatewayInfo, dump
+from helios.control.plane import ControlPlane
+from helios.control.rest import MAX_BODY_BYTES, create_app
+from helios.gateway.auth import KeyRing
+from helios.store.kv import Put
+
+POLICY = {"algorithm": "token_bucket", "limit": 10, "window": "1m"}
+# Envoy descriptors as a resource: slashes and equals signs, sent as they are.
+ENVOY_RESOURCE = "key1=value1/key2=value2"
+
+# One request of every route, with what it needs in the store (see _seed).
+EVERY_ROUTE = [
+    ("GET", "/v1/openapi.json", None),
+    ("GET", "/v1/tenants", None),
+    ("POST", "/v1/tenants", {"name": "beta"}),
+    ("GET", "/v1/tenants/acme", None),
+    ("PATCH", "/v1/tenants/acme", {"description": "changed"}),
+    ("DELETE", "/v1/tenants/acme", None),
+    ("GET", "/v1/tenants/acme/policies", None),
+    ("GET", "/v1/tenants/acme/policies/search", None),
+    ("PUT", "/v1/tenants/acme/policies/search", POLICY),
+    ("DELETE", "/v1/tenants/acme/policies/search", None),
+    ("GET", "/v1/tenants/acme/keys", None),
+    ("POST", "/v1/tenants/acme/keys", {}),
+    ("DELETE", "/v1/tenants/acme/keys/abc123", None),
+    ("POST", "/v1/tenants/acme/reset", {}),
+    ("GET", "/v1/gateways", None),
+    ("GET", "/v1/no/such/route", None),
+]
+
+
+async def _seed(api: Api) -> None:
+    assert (await api("POST", "/v1/tenants", {"name": "acme"})).status == 201
+    assert (await api("PUT", "/v1/tenants/acme/policies/search", POLICY)).status == 201
+
+
+# Probes.
+
+
+async def test_health_needs_no_key(api: Api) -> None:
+    answer = await api("GET", "/health", key=None)
+    assert answer.status == 200
+    assert answer.body["status"] == "ok"
+    assert answer.body["role"] == "control"
+
+
+async def test_ready_reports_the_reasons(plane: ControlPlane, store: CountingStore) -> None:
+    reasons: list[str] = ["the store does not answer"]
+    app = create_app(plane, KeyRing([ADMIN_KEY]), ready=lambda: reasons)
+    api = Api(app.test_client(), store)
+    answer = await api("GET", "/ready", key=None)
+    assert answer.status == 503
+    assert answer.body == {"status": "not ready", "reasons": ["the store does not answer"]}
+    reasons.clear()
+    assert (await api("GET", "/ready", key=None)).status == 200
+
+
+# Authentication.
+
+
+@pytest.mark.parametrize(("method", "path", "body"), EVERY_ROUTE)
+@pytest.mark.parametrize("key", [None, "wrong-key", ""])
+async def test_401_before_anything_is_looked_at(
+    api: Api, store: CountingStore, method: str, path: str, body: Any, key: str | None
+) -> None:
+    await _seed(api)
+    calls, revision = store.calls, store.revision
+    answer = await api(method, path, body, key=key)
+    assert answer.status == 401
+    assert answer.body["field"] == "api_key"
+    assert answer.headers["www-authenticate"].startswith("Bearer")
+    assert (store.calls, store.revision) == (calls, revision)
+
+
+async def test_a_key_in_the_query_string_is_not_accepted(api: Api) -> None:
+    answer = await api("GET", f"/v1/tenants?api_key={ADMIN_KEY}", key=None)
+    assert answer.status == 401
+
+
+async def test_bearer_authorization_is_accepted(api: Api) -> None:
+    answer = await api(
+        "GET", "/v1/tenants", key=None, headers={"Authorization": "Bearer " + ADMIN_KEY}
+    )
+    assert answer.status == 200
+
+
+async def test_bad_input_without_a_key_is_401(api: Api) -> None:
+    assert (await api("POST", "/v1/tenants", data=b"{not json", key=None)).status == 401
+    big = b"x" * (MAX_BODY_BYTES + 1)
+    assert (await api("POST", "/v1/tenants", data=big, key=None)).status == 401
+
+
+@pytest.mark.parametrize(("method", "path", "body"), EVERY_ROUTE[:-1])
+async def test_every_route_answers_with_a_key(api: Api, method: str, path: str, body: Any) -> None:
+    await _seed(api)
+    if path.endswith("/keys/abc123"):
+        path = path.replace("abc123", (await api("POST", "/v1/tenants/acme/keys")).body["id"])
+    answer = await api(method, path, body)
+    assert 200 <= answer.status < 300, answer.text
+
+
+# Tenants.
+
+
+async def test_tenant_lifecycle(api: Api) -> None:
+    created = await api("POST", "/v1/tenants", {"name": "acme", "description": "Acme Corp"})
+    assert created.status == 201
+    assert created.headers["location"] == "/v1/tenants/acme"
+    assert created.body == {
+        "name": "acme",
+        "description": "Acme Corp",
+        "created_at": "2027-01-15T08:00:00Z",
+        "revision": 1,
+    }
+    assert created.headers["etag"] == '"1"'
+
+    shown = await api("GET", "/v1/tenants/acme")
+    assert shown.body == created.body
+    assert shown.headers["etag"] == '"1"'
+
+    changed = await api("PATCH", "/v1/tenants/acme", {"description": "ACME"})
+    assert changed.status == 200
+    assert changed.body["description"] == "ACME"
+    assert changed.headers["etag"] == f'"{changed.body["revision"]}"'
+
+    assert (await api("DELETE", "/v1/tenants/acme")).status == 204
+    gone = await api("GET", "/v1/tenants/acme")
+    assert gone.status == 404
+    assert gone.body["field"] == "tenant"
+
+
+async def test_tenants_page_in_name_order(api: Api) -> None:
+    for name in ("e", "b", "d", "a", "c"):
+        assert (await api("POST", "/v1/tenants", {"name": name})).status == 201
+    names: list[str] = []
+    after = ""
+    pages = 0
+    while True:
+        page = await api("GET", f"/v1/tenants?limit=2&after={after}")
+        assert page.status == 200
+        names += [tenant["name"] for tenant in page.body["tenants"]]
+        pages += 1
+        if page.body["next"] is None:
+            break
+        after = page.body["next"]
+    assert names == ["a", "b", "c", "d", "e"]
+    assert pages == 3
+    assert (await api("GET", "/v1/tenants")).body["next"] is None
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=1001", "limit=x", "limit=-1", "limit=1.5"])
+async def test_a_bad_page_size_names_limit(api: Api, query: str) -> None:
+    answer = await api("GET", f"/v1/tenants?{query}")
+    assert answer.status == 400
+    assert answer.body["field"] == "limit"
+
+
+async def test_unknown_and_repeated_query_parameters(api: Api) -> None:
+    unknown = await api("GET", "/v1/tenants?page=2")
+    assert (unknown.status, unknown.body["field"]) == (400, "page")
+    repeated = await api("GET", "/v1/tenants?limit=1&limit=2")
+    assert (repeated.status, repeated.body["field"]) == (400, "limit")
+
+
+async def test_creating_a_tenant_twice_is_409(api: Api, store: CountingStore) -> None:
+    await api("POST", "/v1/tenants", {"name": "acme"})
+    revision = store.revision
+    again = await api("POST", "/v1/tenants", {"name": "acme"})
+    assert again.status == 409
+    assert store.revision == revision
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "words"),
+    [
+        (b"{not json", "body", "body must be a JSON object"),
+        (b"[1, 2]", "body", "body must be a JSON object"),
+        (b"", "body", "body must be a JSON object"),
+        (b'"acme"', "body", "body must be a JSON object"),
+        (b"\xff\xfe", "body", "body must be a JSON object"),
+        (b"{}", "name", "name is required"),
+        (b'{"name": "acme", "colour": "red", "age": 3}', "age", "age, colour"),
+        (b'{"name": 7}', "tenant", "tenant"),
+        (b'{"name": "a*b"}', "tenant", "'*'"),
+        (b'{"name": "acme", "description": 5}', "description", "description"),
+    ],
+)
+async def test_bad_tenant_bodies_name_their_field_and_write_nothing(
+    api: Api, store: CountingStore, body: bytes, field: str, words: str
+) -> None:
+    answer = await api("POST", "/v1/tenants", data=body)
+    assert answer.status == 400
+    assert answer.body["field"] == field
+    assert words in answer.body["error"]
+    assert store.revision == 0
+
+
+async def test_a_body_too_large_is_413(api: Api, store: CountingStore) -> None:
+    big = json.dumps({"name": "acme", "description": "x" * MAX_BODY_BYTES}).encode()
+    answer = await api("POST", "/v1/tenants", data=big)
+    assert answer.status == 413
+    assert answer.body["field"] == "body"
+    assert store.revision == 0
+
+
+# Revisions: ETag, If-Match and 409.
+
+
+async def test_if_match_makes_tenant_writes_conditional(api: Api, store: CountingStore) -> None:
+    created = await api("POST", "/v1/tenants", {"name": "acme"})
+    etag = created.headers["etag"]
+    first = await api(
+        "PATCH", "/v1/tenants/acme", {"description": "one"}, headers={"If-Match": etag}
+    )
+    assert first.status == 200
+    revision = store.revision
+    stale = await api(
+        "PATCH", "/v1/tenants/acme", {"description": "two"}, headers={"If-Match": etag}
+    )
+    assert stale.status == 409
+    assert stale.body["field"] == "revision"
+    assert store.revision == revision
+    delete_stale = await api("DELETE", "/v1/tenants/acme", headers={"If-Match": etag})
+    assert delete_stale.status == 409
+    assert (await api("GET", "/v1/tenants/acme")).body["description"] == "one"
+    fresh = {"If-Match": first.headers["etag"]}
+    assert (await api("DELETE", "/v1/tenants/acme", headers=fresh)).status == 204
+
+
+async def test_two_admins_change_one_policy_and_one_gets_409(
+    api: Api, store: CountingStore
+) -> None:
+    await _seed(api)
+    path = "/v1/tenants/acme/policies/search"
+    # Both read revision N.
+    alice = (await api("GET", path)).headers["etag"]
+    bob = (await api("GET", path)).headers["etag"]
+    assert alice == bob
+
+    won = await api("PUT", path, {**POLICY, "limit": 20}, headers={"If-Match": alice})
+    assert won.status == 200
+    revision = store.revision
+    lost = await api("PUT", path, {**POLICY, "limit": 30}, headers={"If-Match": bob})
+    assert lost.status == 409
+    assert lost.body["field"] == "revision"
+    assert "read it again" in lost.body["error"]
+    assert store.revision == revision
+    assert (await api("GET", path)).body["bands"][0]["limit"] == 20
+
+    stale_delete = await api("DELETE", path, headers={"If-Match": bob})
+    assert stale_delete.status == 409
+    assert (await api("DELETE", path, headers={"If-Match": won.headers["etag"]})).status == 204
+
+
+async def test_if_match_zero_creates_a_policy_only_if_it_does_not_exist(api: Api) -> None:
+    await api("POST", "/v1/tenants", {"name": "acme"})
+    path = "/v1/tenants/acme/policies/search"
+    assert (await api("PUT", path, POLICY, headers={"If-Match": '"0"'})).status == 201
+    assert (await api("PUT", path, POLICY, headers={"If-Match": '"0"'})).status == 409
+
+
+@pytest.mark.parametrize("value", ["3", '"abc"', 'W/"3"', '"3", "4"', '"-1"', "*", '""'])
+async def test_a_malformed_if_match_names_the_header(
+    api: Api, store: CountingStore, value: str
+) -> None:
+    await _seed(api)
+    revision = store.revision
+    for method, path, body in [
+        ("PATCH", "/v1/tenants/acme", {"description": "x"}),
+        ("DELETE", "/v1/tenants/acme", None),
+        ("PUT", "/v1/tenants/acme/policies/search", POLICY),
+        ("DELETE", "/v1/tenants/acme/policies/search", None),
+    ]:
+        answer = await api(method, path, body, headers={"If-Match": value})
+        assert answer.status == 400, (method, path)
+        assert answer.body["field"] == "If-Match"
+    assert store.revision == revision
+
+
+# Policies.
+
+
+async def test_policy_lifecycle_with_an_envoy_resource(api: Api) -> None:
+    await api("POST", "/v1/tenants", {"name": "acme"})
+    path = f"/v1/tenants/acme/policies/{ENVOY_RESOURCE}"
+    created = await api("PUT", path, POLICY)
+    assert created.status == 201
+    assert created.headers["location"] == path
+    assert created.body == {
+        "tenant": "acme",
+        "resource": ENVOY_RESOURCE,
+        "algorithm": "token_bucket",
+        "bands": [{"limit": 10, "window": "1m", "burst": 10}],
+        "shadow": False,
+        "failure_mode": "local",
+        "revision": 2,
+    }
+    assert created.headers["etag"] == '"2"'
+
+    replaced = await api(
+        "PUT",
+        path,
+        {
+            "algorithm": "fixed_window",
+            "bands": [
+                {"limit": 3, "window": "1s"},
+                {"limit": 100, "window": "day", "calendar": True},
+            ],
+        },
+    )
+    assert replaced.status == 200
+    assert "location" not in replaced.headers
+    assert replaced.body["bands"][1] == {"limit": 100, "window": "day", "calendar": True}
+
+    shown = await api("GET", path)
+    assert shown.body == replaced.body
+    assert shown.headers["etag"] == f'"{replaced.body["revision"]}"'
+
+    await api("PUT", "/v1/tenants/acme/policies/user:*", POLICY)
+    listed = await api("GET", "/v1/tenants/acme/policies")
+    assert sorted(policy["resource"] for policy in listed.body["policies"]) == [
+        ENVOY_RESOURCE,
+        "user:*",
+    ]
+
+    assert (await api("DELETE", path)).status == 204
+    gone = await api("GET", path)
+    assert gone.status == 404
+    assert gone.body["field"] == "resource"
+
+
+async def test_a_policy_for_a_missing_tenant_is_404(api: Api, store: CountingStore) -> None:
+    answer = await api("PUT", "/v1/tenants/ghost/policies/search", POLICY)
+    assert answer.status == 404
+    assert answer.body["field"] == "tenant"
+    assert store.revision == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"algorithm": "leaky_bucket"}, "algorithm"),
+        ({"window": "fortnight"}, "window"),
+        ({"window": "-1s"}, "window"),
+        ({"limit": 0}, "limit"),
+        ({"limit": "10"}, "limit"),
+        ({"burst": 0}, "burst"),
+        ({"window": "day", "calendar": True}, "calendar"),
+        ({"tenant": "other"}, "tenant"),
+        ({"resource": "elsewhere"}, "resource"),
+        ({"colour": "red"}, "colour"),
+        ({"revision": 3}, "revision"),
+        ({"shadow": "yes"}, "shadow"),
+        ({"failure_mode": "sometimes"}, "failure_mode"),
+        ({"bands": [{"limit": 1, "window": "1s", "extra": 1}]}, "extra"),
+    ],
+)
+async def test_invalid_policies_name_their_field_and_change_nothing(
+    api: Api, store: CountingStore, change: dict[str, Any], field: str
+) -> None:
+    await _seed(api)
+    path = "/v1/tenants/acme/policies/search"
+    before = (await api("GET", path)).body
+    revision = store.revision
+    document = {**POLICY, **change}
+    if "bands" in change:
+        del document["limit"], document["window"]
+    answer = await api("PUT", path, document)
+    assert answer.status == 400, answer.text
+    assert answer.body["field"] == field
+    assert store.revision == revision
+    assert (await api("GET", path)).body == before
+
+
+@pytest.mark.parametrize("body", [b"{oops", b"[]", b"", b"42"])
+async def test_a_policy_body_that_is_not_an_object(
+    api: Api, store: CountingStore, body: bytes
+) -> None:
+    await _seed(api)
+    revision = store.revision
+    answer = await api("PUT", "/v1/tenants/acme/policies/search", data=body)
+    assert answer.status == 400
+    assert answer.body["field"] in ("body", "policy")
+    assert store.revision == revision
+
+
+# API keys.
+
+
+async def test_key_lifecycle_shows_the_key_once_and_stores_only_its_hash(
+    api: Api, store: CountingStore
+) -> None:
+    await api("POST", "/v1/tenants", {"name": "acme"})
+    issued = await api("POST", "/v1/tenants/acme/keys", {"description": "billing"})
+    assert issued.status == 201
+    assert issued.headers["cache-control"] == "no-store"
+    key = issued.body["key"]
+    assert key.startswith("hk_")
+    assert set(issued.body) == {"id", "tenant", "prefix", "created_at", "description", "key"}
+    assert issued.body["prefix"] == key[: len(issued.body["prefix"])]
+
+    listed = await api("GET", "/v1/tenants/acme/keys")
+    assert listed.status == 200
+    [record] = listed.body["keys"]
+    assert record["id"] == issued.body["id"]
+    assert "key" not in record
+    assert "sha256" not in record
+    assert key not in listed.text
+
+    values = [entry.value for entry in (await store.range(""))[0]]
+    assert not any(key.encode() in value for value in values)
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    assert any(digest.encode() in value for value in values)
+
+    revoked = await api("DELETE", f"/v1/tenants/acme/keys/{issued.body['id']}")
+    assert revoked.status == 204
+    assert (await api("GET", "/v1/tenants/acme/keys")).body["keys"] == []
+    again = await api("DELETE", f"/v1/tenants/acme/keys/{issued.body['id']}")
+    assert (again.status, again.body["field"]) == (404, "id")
+
+
+async def test_a_key_needs_no_body(api: Api) -> None:
+    await api("POST", "/v1/tenants", {"name": "acme"})
+    issued = await api("POST", "/v1/tenants/acme/keys")
+    assert issued.status == 201
+    assert issued.body["description"] == ""
+
+
+async def test_bad_key_requests_write_nothing(api: Api, store: CountingStore) -> None:
+    await api("POST", "/v1/tenants", {"name": "acme"})
+    await api("POST", "/v1/tenants", {"name": "team*"})
+    issued = await api("POST", "/v1/tenants/acme/keys")
+    revision = store.revision
+    for method, path, body, status, field in [
+        ("POST", "/v1/tenants/acme/keys", {"owner": "x"}, 400, "owner"),
+        ("POST", "/v1/tenants/acme/keys", {"description": ["x"]}, 400, "description"),
+        ("POST", "/v1/tenants/team*/keys", {}, 400, "tenant"),
+        ("POST", "/v1/tenants/ghost/keys", {}, 404, "tenant"),
+        ("DELETE", "/v1/tenants/acme/keys/no-such-id", None, 400, "id"),
+    ]:
+        answer = await api(method, path, body)
+        assert (answer.status, answer.body["field"]) == (status, field), path
+    with_if_match = await api(
+        "DELETE", f"/v1/tenants/acme/keys/{issued.body['id']}", headers={"If-Match": '"1"'}
+    )
+    assert (with_if_match.status, with_if_match.body["field"]) == (400, "If-Match")
+    assert store.revision == revision
+
+
+# Gateways and resets.
+
+
+async def test_gateways_lists_the_registered_gateways(
+    api: Api, plane: ControlPlane, store: CountingStore
+) -> None:
+    assert (await api("GET", "/v1/gateways")).body == {"gateways": []}
+    gateway = GatewayInfo("gw-1", "10.0.0.5:8080", "fast", "0.1.0", 7, 1_800_000_000.0)
+    lease = await store.grant_lease(10)
+    put = Put(plane.layout.gateway("gw-1"), dump(gateway.document()), lease=lease)
+    await store.commit([], [put])
+    assert (await api("GET", "/v1/gateways")).body == {"gateways": [gateway.to_dict()]}
+
+
+async def test_reset_is_accepted(api: Api, plane: ControlPlane, store: CountingStore) -> None:
+    await api("POST", "/v1/tenants", {"name": "acme"})
+    everything = await api("POST", "/v1/tenants/acme/reset")
+    assert everything.status == 202
+    assert everything.body["tenant"] == "acme"
+    assert everything.body["resource"] is None
+    one = await api("POST", "/v1/tenants/acme/reset", {"resource": ENVOY_RESOURCE})
+    assert one.status == 202
+    assert one.body["resource"] == ENVOY_RESOURCE
+    entries, _ = await store.range(plane.layout.resets())
+    assert len(entries) == 2
+
+    revision = store.revision
+    unknown = await api("POST", "/v1/tenants/acme/reset", {"resources": ["a"]})
+    assert (unknown.status, unknown.body["field"]) == (400, "resources")
+    bad = await api("POST", "/v1/tenants/acme/reset", {"resource": 5})
+    assert (bad.status, bad.body["field"]) == (400, "resource")
+    assert store.revision == revision
+
+
+# Routing.
+
+
+async def test_wrong_methods_are_405_with_allow(api: Api) -> None:
+    answer = await api("POST", "/v1/gateways")
+    assert answer.status == 405
+    assert answer.headers["allow"] == "GET, HEAD"
+    tenant = await api("PUT", "/v1/tenants/acme")
+    assert tenant.status == 405
+    assert tenant.headers["allow"] == "DELETE, GET, HEAD, PATCH"
+
+
+async def test_unknown_routes_are_404_json(api: Api) -> None:
+    answer = await api("GET", "/v1/nothing/here")
+    assert answer.status == 404
+    assert answer.headers["content-type"] == "application/json"
+    assert "no route" in answer.body["error"]
+
+
+# The access log.
+
+
+async def test_the_access_log_never_holds_a_key(api: Api, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    await _seed(api)
+    issued = await api("POST", "/v1/tenants/acme/keys", {"description": "d"})
+    key = issued.body["key"]
+    for method, path, body in EVERY_ROUTE:
+        await api(method, path, body)
+        await api(method, path, body, key=None)
+        await api(method, path, body, key="wrong-" + key)
+        await api(method, path, body, key=None, headers={"Authorization": f"Bearer {key}"})
+    await api("GET", f"/v1/tenants?api_key={ADMIN_KEY}", key=None)
+    await api("POST", "/v1/tenants/acme/keys", {"description": key})
+    await api("POST", "/v1/tenants", data=b"x" * (MAX_BODY_BYTES + 1))
+
+    access = [r for r in caplog.records if r.name == "helios.control.access"]
+    assert len(access) >= 4 * len(EVERY_ROUTE)
+    assert any("POST /v1/tenants/acme/keys 201" in r.getMessage() for r in access)
+    assert any("GET /v1/tenants 401" in r.getMessage() for r in access)
+    for record in caplog.records:
+        text = record.getMessage() + repr(record.args)
+        assert ADMIN_KEY not in text
+        assert key not in text
+        assert key[12:] not in text
+    assert ADMIN_KEY not in caplog.text
+    assert key not in caplog.text
+
+
+async def test_the_access_log_shows_no_query_and_escapes_the_path(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="helios.control.access")
+    await api("GET", "/v1/tenants?after=secret-looking")
+    await api("GET", "/v1/tenants/a%0Ab")
+    messages = [r.getMessage() for r in caplog.records if r.name == "helios.control.access"]
+    assert messages[0].split()[1:4] == ["GET", "/v1/tenants", "200"]
+    assert messages[0].endswith("ms")
+    assert "secret-looking" not in "".join(messages)
+    assert "\n" not in messages[1]
+    assert "/v1/tenants/a%0Ab" in messages[1]
