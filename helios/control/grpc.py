@@ -330,8 +330,9 @@ class ControlGrpcServer(GrpcListener):
 
     Every call needs one of ``admin_keys`` (the keys, or a
     :class:`~helios.gateway.auth.KeyRing` of them, as the REST API takes);
-    with none, every call is refused. :meth:`serve`, :meth:`drain` and :meth:`wait_closed` work as
-    for the gateway's :class:`~helios.grpc.server.GrpcServer`.
+    with none, every call is refused. :meth:`serve`, :meth:`drain` and
+    :meth:`wait_closed` work as for the gateway's
+    :class:`~helios.grpc.server.GrpcServer`.
     """
 
     def __init__(self, plane: ControlPlane, admin_keys: KeyRing | Iterable[str]) -> None:
