@@ -31,6 +31,9 @@ examples:
   helios --role gateway --config /etc/helios/helios.toml --policies policies.toml
   helios --role all --set http.port=9000 --set gateway.max_buckets=100000
 
+manage a running control plane (tenants, policies, API keys):
+  helios admin --help
+
 docs: README.md (settings, API, policy file) and docs/ in the source tree.
 """
 
@@ -115,7 +118,12 @@ def _print_config(config: Config) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["admin"]:
+        from helios.admin import main as admin_main
+
+        return admin_main(arguments[1:])
+    args = _parser().parse_args(arguments)
     try:
         overrides, sources = _overrides(args)
         config = load_config(args.config, overrides=overrides, sources=sources)
