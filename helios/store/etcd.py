@@ -88,8 +88,14 @@ class EtcdStore:
         # The endpoint that answered last; calls start there.
         self._current = 0
         self._token: str | None = None
+        # Each endpoint gets its share of the call's time to accept a connection,
+        # so that a silent first one leaves time to try the others.
+        self._connect_timeout_s = self._timeout_s / len(self._endpoints)
         # Environment proxies are for the outside world; etcd is a neighbour.
-        self._client = httpx.AsyncClient(timeout=self._timeout_s, trust_env=False)
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(self._timeout_s, connect=self._connect_timeout_s),
+            trust_env=False,
+        )
 
     # Reading.
 
@@ -290,7 +296,11 @@ class EtcdStore:
         stream: bool,
     ) -> httpx.Response:
         # A stream may stay quiet for as long as nothing changes.
-        timeout = httpx.Timeout(self._timeout_s, read=None) if stream else self._timeout_s
+        timeout = httpx.Timeout(
+            self._timeout_s,
+            connect=self._connect_timeout_s,
+            read=None if stream else self._timeout_s,
+        )
         built = self._client.build_request(
             "POST", f"{endpoint}/v3/{path}", json=request, headers=headers, timeout=timeout
         )
@@ -455,7 +465,8 @@ def _check_answer(answer: dict[str, Any], status_code: int) -> None:
     if isinstance(error, dict):
         # Streaming calls wrap their error in an object.
         answer, error = error, error.get("message")
-    raise EtcdError(int(answer.get("code", 2)), str(answer.get("message") or error))
+    message = answer.get("message") or error or f"HTTP status {status_code}"
+    raise EtcdError(int(answer.get("code", 2)), str(message))
 
 
 def _error_code(content: bytes) -> int | None:

@@ -1,20 +1,59 @@
-"""Helpers of the store tests: watching a store into a channel, and reading what arrives."""
+"""Helpers of the store tests: the stores under test, and watching a store into a channel."""
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import trio
+from etcd_servers import EtcdServer
 
-from helios.store.kv import Event, KeyValueStore
+from helios.store.etcd import EtcdStore
+from helios.store.file import FileStore
+from helios.store.kv import Event, KeyValueStore, MemoryStore
 
 # A bound on waiting for a real process (etcd, another writer) to deliver.
 DELIVERY_TIMEOUT_S = 10.0
 
 Batch = tuple[list[Event], int]
+
+_prefixes = itertools.count()
+
+
+@dataclass
+class StoreCase:
+    """A store under test, the prefix its test keeps to, and how to compact it."""
+
+    kind: str
+    store: KeyValueStore
+    prefix: str
+    compact: Callable[[int], Awaitable[None]]
+
+
+async def open_store_case(kind: str, tmp_path: Path, etcd: EtcdServer | None) -> StoreCase:
+    prefix = f"/test-{next(_prefixes)}/"
+    if kind == "memory":
+        memory = MemoryStore()
+
+        async def compact_memory(revision: int) -> None:
+            memory.compact(revision)
+
+        return StoreCase(kind, memory, prefix, compact_memory)
+    if kind == "file":
+        file_store = await FileStore.open(tmp_path / "store" / "helios-store.json")
+
+        async def compact_file(revision: int) -> None:
+            file_store.compact(revision)
+
+        return StoreCase(kind, file_store, prefix, compact_file)
+    assert etcd is not None
+    etcd_store = EtcdStore([etcd.url], timeout_ms=2000)
+    return StoreCase(kind, etcd_store, prefix, etcd_store.compact)
 
 
 @asynccontextmanager

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import trio
-from conftest import StoreCase
-from store_support import next_events, watching
+from store_support import StoreCase, next_events, watching
 
 from helios.errors import HeliosError
 from helios.store.kv import Compacted, Compare, Delete, Event, Put

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 import trio.testing
-from conftest import open_store_case
 from etcd_servers import EtcdServer
-from store_support import next_events, watching
+from store_support import next_events, open_store_case, watching
 
 from helios.store.etcd import EtcdStore
 from helios.store.kv import Event, Put
