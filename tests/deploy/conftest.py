@@ -1,7 +1,7 @@
 """Fixtures of the deployment tests: real ``helios`` gateways for the dashboard and Prometheus.
 
-The launchers are those of the end-to-end and Redis tests: ``start_helios``
-(``tests/e2e/e2e_support.py``) and ``redis_server`` (``tests/redis/redis_servers.py``).
+The gateway starts as in the end-to-end tests (``tests/e2e/e2e_support.py``),
+with ``--role gateway``; Redis servers come from ``tests/redis/redis_servers.py``.
 Both directories are put on ``sys.path`` here so that their modules import by
 file name, as they do in their own directories.
 """
@@ -19,8 +19,8 @@ for _directory in (_TESTS / "e2e", _TESTS / "redis"):
     if str(_directory) not in sys.path:
         sys.path.insert(0, str(_directory))
 
-from deploy_support import POLICIES  # noqa: E402
-from e2e_support import HeliosProcess, assert_stopped_cleanly, start_helios  # noqa: E402
+from deploy_support import start_gateway  # noqa: E402
+from e2e_support import HeliosProcess, assert_stopped_cleanly  # noqa: E402
 from redis_servers import (  # noqa: E402
     RedisServer,
     redis_server_factory,  # noqa: F401 - a fixture, found by pytest by name
@@ -29,7 +29,7 @@ from redis_servers import (  # noqa: E402
 
 @pytest.fixture
 def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., HeliosProcess]]:
-    """Starts ``helios --role gateway`` with :data:`POLICIES`; each must exit 0 on SIGTERM.
+    """Starts ``helios --role gateway`` (see ``start_gateway``); each must exit 0 on SIGTERM.
 
     ``start(redis_url=URL)`` runs it in STRONG mode on that Redis; without it, FAST.
     """
@@ -39,12 +39,7 @@ def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., HeliosProcess]]:
         settings = {}
         if redis_url is not None:
             settings = {"HELIOS_GATEWAY_MODE": "strong", "HELIOS_REDIS_URL": redis_url}
-        helios = start_helios(
-            tmp_path / f"helios-{len(started)}",
-            settings=settings,
-            policies=POLICIES,
-            args=("--role", "gateway"),
-        )
+        helios = start_gateway(tmp_path / f"helios-{len(started)}", settings)
         started.append(helios)
         return helios
 

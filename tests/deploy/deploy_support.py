@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
-from e2e_support import API_KEY, HeliosProcess
+from e2e_support import (
+    API_KEY,
+    START_TIMEOUT_SECONDS,
+    HeliosProcess,
+    clean_environment,
+    free_ports,
+    helios_command,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -34,6 +44,65 @@ GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range":
 
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
 _METRIC = re.compile(r"\bhelios_[A-Za-z0-9_]+\b")
+
+
+def start_gateway(directory: Path, settings: Mapping[str, str]) -> HeliosProcess:
+    """Start ``helios --role gateway`` with :data:`POLICIES` and wait until it is ready."""
+    directory.mkdir(parents=True, exist_ok=True)
+    policy_file = directory / "policies.toml"
+    policy_file.write_text(POLICIES, encoding="utf-8")
+    environment = {
+        "HELIOS_HTTP_HOST": "127.0.0.1",
+        "HELIOS_METRICS_HOST": "127.0.0.1",
+        "HELIOS_ALLOWED_API_KEYS": API_KEY,
+        "HELIOS_POLICY_FILE": str(policy_file),
+        **settings,
+    }
+    # A port taken by someone else between picking and binding: try others.
+    for attempt in range(3):
+        http_port, metrics_port = free_ports(2)
+        log_path = directory / f"helios-{attempt}.log"
+        with log_path.open("wb") as log_file:
+            process = subprocess.Popen(
+                helios_command(
+                    "--role",
+                    "gateway",
+                    "--http-port",
+                    str(http_port),
+                    "--metrics-port",
+                    str(metrics_port),
+                ),
+                env=clean_environment(environment),
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        helios = HeliosProcess(process, http_port, metrics_port, log_path)
+        if _wait_ready(helios):
+            return helios
+        if "Address already in use" not in helios.log():
+            break
+    raise AssertionError(f"helios did not become ready; log:\n{helios.log()}")
+
+
+def _wait_ready(helios: HeliosProcess) -> bool:
+    """Poll ``/ready`` until it answers 200 (True) or the process exits (False)."""
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    with httpx.Client(timeout=1.0) as client:
+        while time.monotonic() < deadline:
+            if helios.process.poll() is not None:
+                return False
+            try:
+                if client.get(f"{helios.url}/ready").status_code == 200:
+                    return True
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+    helios.process.kill()
+    helios.process.wait()
+    raise AssertionError(
+        f"helios was not ready within {START_TIMEOUT_SECONDS} s; log:\n{helios.log()}"
+    )
 
 
 def make_decisions(helios: HeliosProcess) -> tuple[int, int]:
