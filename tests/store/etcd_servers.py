@@ -82,6 +82,7 @@ class EtcdServer:
     starts: int = 0
     #: A token for ``Authorization`` once ``enable_auth`` has run.
     root_token: str | None = field(default=None, repr=False)
+    _root_password: str = field(default="", repr=False)
 
     @property
     def url(self) -> str:
@@ -249,8 +250,22 @@ class EtcdServer:
         self.call("auth/role/add", {"name": "root"})
         self.call("auth/user/grant", {"user": "root", "role": "root"})
         self.call("auth/enable", {})
+        self._root_password = password
         answer = self.call("auth/authenticate", {"name": "root", "password": password})
         self.root_token = str(answer["token"])
+
+    def invalidate_tokens(self) -> None:
+        """Make etcd forget every token it handed to ``root`` (clients must log in again).
+
+        Setting a user's password, even to the same one, drops the user's tokens.
+        """
+        self.call("auth/user/changepw", {"name": "root", "password": self._root_password})
+        self.root_token = None
+        self.root_token = str(
+            self.call("auth/authenticate", {"name": "root", "password": self._root_password})[
+                "token"
+            ]
+        )
 
 
 def start_etcd(directory: Path) -> EtcdServer:

@@ -23,6 +23,11 @@ def test_a_prefix_range_ends_after_the_last_key_with_the_prefix() -> None:
     assert _prefix_range(b"") == (b"\0", b"\0")
 
 
+def test_the_description_shows_no_credentials() -> None:
+    store = EtcdStore(["http://user:password@etcd.example:2379/"])
+    assert store.description == "etcd http://etcd.example:2379"
+
+
 def test_endpoints_must_be_urls() -> None:
     with pytest.raises(ConfigError, match="etcd:2379"):
         EtcdStore(["etcd:2379"])
@@ -119,7 +124,7 @@ async def test_the_next_endpoint_serves_when_one_refuses_connections(
         await everything_dead.aclose()
 
 
-async def test_with_authentication_on_the_store_logs_in_and_again_after_a_restart(
+async def test_with_authentication_on_the_store_logs_in_and_again_when_its_token_dies(
     etcd_server: EtcdServer,
 ) -> None:
     etcd_server.enable_auth("secret")
@@ -135,10 +140,12 @@ async def test_with_authentication_on_the_store_logs_in_and_again_after_a_restar
         assert revision is not None
         async with watching(store, "/auth/", revision) as receive:
             await next_events(receive, 1)
-        # The server forgets its tokens when it restarts.
-        etcd_server.restart()
+        # A token etcd no longer knows: the store logs in again.
+        etcd_server.invalidate_tokens()
         entry = await store.get("/auth/a")
         assert entry is not None and entry.value == b"1"
+        etcd_server.restart()
+        assert await store.commit([], [Put("/auth/b", b"2")]) is not None
 
     for username, password in (("root", "wrong"), ("", "")):
         settings.etcd_username, settings.etcd_password = username, password
