@@ -33,3 +33,7 @@ def configure_logging(level: str, fmt: str) -> None:
     root.setLevel(level.upper())
     # hypercorn and others log under their own names; keep them at our level.
     logging.getLogger("helios").setLevel(level.upper())
+    # httpx (the etcd client) logs every request at INFO; that is per-request
+    # noise, and a request line may carry a URL an operator did not mean to log.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

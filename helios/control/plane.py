@@ -78,6 +78,10 @@ def _description(value: object) -> str:
 def check_tenant_name(value: object) -> str:
     """A tenant name: a name, or a prefix pattern ending in ``*`` (``*`` alone: every tenant)."""
     name = check_name(value, "tenant")
+    if "/" in name:
+        # Tenants are addressed by path (/v1/tenants/<tenant>), where a "/" cannot be told
+        # from a separator once proxies and servers have decoded the path.
+        raise InvalidRequest(f"tenant must not contain '/', got {name!r}", field="tenant")
     try:
         return check_pattern(name, "tenant")
     except PolicyError as error:

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from e2e_support import HeliosProcess, assert_stopped_cleanly, start_helios
+
+# Real etcd servers, from the store tests.
+_STORE_TESTS = Path(__file__).resolve().parent.parent / "store"
+if str(_STORE_TESTS) not in sys.path:
+    sys.path.insert(0, str(_STORE_TESTS))
+from etcd_servers import etcd_server, etcd_server_factory  # noqa: E402, F401
 
 
 @pytest.fixture
@@ -22,6 +29,6 @@ def helios_factory(tmp_path: Path) -> Iterator[Callable[..., HeliosProcess]]:
 
     yield start
 
-    codes = [(helios, helios.stop()) for helios in started]
+    codes = [(helios, helios.stop()) for helios in started if not helios.killed]
     for helios, code in codes:
         assert_stopped_cleanly(helios, code)

@@ -32,6 +32,7 @@ import httpx
 import trio
 
 API_KEY = "test-key"
+ADMIN_KEY = "admin-test-key"
 
 # Bounds on waiting for the real process. Start-up takes about half a second.
 START_TIMEOUT_SECONDS = 15.0
@@ -93,10 +94,38 @@ class HeliosProcess:
     log_path: Path
     scheme: str = "http"
     verify: ssl.SSLContext | bool = True
+    role: str = "all"
+    control_port: int = 0
+    # Set by a test that killed the process on purpose: it is not stopped cleanly.
+    killed: bool = False
+
+    def kill(self) -> None:
+        self.killed = True
+        self.process.kill()
+        self.process.wait()
 
     @property
     def url(self) -> str:
         return f"{self.scheme}://127.0.0.1:{self.http_port}"
+
+    @property
+    def control_url(self) -> str:
+        return f"http://127.0.0.1:{self.control_port}"
+
+    @property
+    def health_urls(self) -> list[str]:
+        urls = []
+        if self.role in ("gateway", "all"):
+            urls.append(f"{self.url}/health")
+        if self.role in ("control", "all"):
+            urls.append(f"{self.control_url}/health")
+        return urls
+
+    def admin(self) -> httpx.Client:
+        """A client of the control plane's REST API, with the admin key."""
+        return httpx.Client(
+            base_url=self.control_url, headers={"X-API-Key": ADMIN_KEY}, timeout=5.0
+        )
 
     @property
     def metrics_url(self) -> str:
@@ -137,15 +166,21 @@ def start_helios(
     api_keys: str | None = API_KEY,
     tls: tuple[Path, Path] | None = None,
     args: tuple[str, ...] = (),
+    role: str = "all",
 ) -> HeliosProcess:
-    """Start ``helios --role all`` and wait until ``/health`` answers.
+    """Start ``helios --role <role>`` and wait until ``/health`` answers.
 
     ``policies`` is the text of a policy file (default: the built-in demo
     policies); ``api_keys`` goes to HELIOS_ALLOWED_API_KEYS (``None``: no key);
-    ``tls`` is a (certificate, key) pair of PEM files.
+    ``tls`` is a (certificate, key) pair of PEM files. The control plane
+    (roles ``all`` and ``control``) takes :data:`ADMIN_KEY`.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    environment = {"HELIOS_HTTP_HOST": "127.0.0.1", "HELIOS_METRICS_HOST": "127.0.0.1"}
+    environment = {
+        "HELIOS_HTTP_HOST": "127.0.0.1",
+        "HELIOS_METRICS_HOST": "127.0.0.1",
+        "HELIOS_ADMIN_API_KEYS": ADMIN_KEY,
+    }
     if api_keys is not None:
         environment["HELIOS_ALLOWED_API_KEYS"] = api_keys
     if policies is not None:
@@ -168,13 +203,14 @@ def start_helios(
     # Free ports can be taken by someone else between picking and binding;
     # a start that failed for that reason is retried on other ports.
     for attempt in range(3):
-        http_port, metrics_port = free_ports(2)
+        http_port, metrics_port, control_port = free_ports(3)
+        environment["HELIOS_CONTROL_HTTP_PORT"] = str(control_port)
         log_path = directory / f"helios-{attempt}.log"
         with log_path.open("wb") as log_file:
             process = subprocess.Popen(
                 helios_command(
                     "--role",
-                    "all",
+                    role,
                     "--http-port",
                     str(http_port),
                     "--metrics-port",
@@ -186,7 +222,9 @@ def start_helios(
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
             )
-        helios = HeliosProcess(process, http_port, metrics_port, log_path, scheme, verify)
+        helios = HeliosProcess(
+            process, http_port, metrics_port, log_path, scheme, verify, role, control_port
+        )
         if _wait_healthy(helios):
             return helios
         if "Address already in use" not in helios.log():
@@ -202,7 +240,7 @@ def _wait_healthy(helios: HeliosProcess) -> bool:
             if helios.process.poll() is not None:
                 return False
             try:
-                if client.get(f"{helios.url}/health").status_code == 200:
+                if all(client.get(url).status_code == 200 for url in helios.health_urls):
                     return True
             except httpx.TransportError:
                 pass
