@@ -27,6 +27,8 @@ ROLES = ("gateway", "control", "all")
 MODES = ("fast", "strong")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# Most tenants exported by name: each costs Prometheus a few series.
+MAX_TENANT_SERIES = 1000
 
 
 @dataclass(slots=True)
@@ -90,6 +92,10 @@ class MetricsSettings:
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 2112
+    # Export decisions by tenant (helios_tenant_rate_limits_total): the busiest
+    # max_tenants tenants by name, every other tenant summed as "other".
+    tenant_labels: bool = False
+    max_tenants: int = 20
 
 
 @dataclass(slots=True)
@@ -104,6 +110,10 @@ class ControlSettings:
     metrics_port: int = 2113
     # Keys that may use the control plane. Comma-separated in the environment.
     admin_api_keys: list[str] = field(default_factory=list)
+    # HTTPS for the REST API and TLS for the gRPC API of the control plane.
+    tls_enabled: bool = False
+    cert_path: str = ""
+    key_path: str = ""
 
 
 @dataclass(slots=True)
@@ -166,6 +176,11 @@ class Config:
             port = _get(self, name)
             if not 0 <= port <= 65535:
                 raise ConfigError(f"{name} must be a port from 0 to 65535, got {port}")
+        if not 1 <= self.metrics.max_tenants <= MAX_TENANT_SERIES:
+            raise ConfigError(
+                f"metrics.max_tenants must be from 1 to {MAX_TENANT_SERIES},"
+                f" got {self.metrics.max_tenants}"
+            )
         if "{" in self.redis.key_prefix or "}" in self.redis.key_prefix:
             raise ConfigError("redis.key_prefix may not contain braces")
         for name in (
@@ -196,6 +211,8 @@ class Config:
                 "http.tls_enabled needs http.cert_path and http.key_path"
                 " (GATEWAY_CERT_PATH, GATEWAY_KEY_PATH)"
             )
+        if self.control.tls_enabled and not (self.control.cert_path and self.control.key_path):
+            raise ConfigError("control.tls_enabled needs control.cert_path and control.key_path")
         for name in ("gateway.allowed_api_keys", "control.admin_api_keys"):
             if any(not key for key in _get(self, name)):
                 raise ConfigError(f"{name} must not hold an empty key")

@@ -174,23 +174,35 @@ def build_gateway(
     return gateway, source
 
 
-def _tls_context(config: Config, *, alpn: list[str] | None = None) -> ssl.SSLContext | None:
-    """The server's TLS context, or None without TLS; ``alpn``: protocols to offer."""
-    if not config.http.tls_enabled:
+def _tls_context(
+    config: Config, *, alpn: list[str] | None = None, control: bool = False
+) -> ssl.SSLContext | None:
+    """A listener's TLS context, or None without TLS; ``alpn``: protocols to offer.
+
+    The gateway's listeners use the ``http`` settings; the control plane's
+    (``control``) its own.
+    """
+    if control:
+        enabled, cert, key = (
+            config.control.tls_enabled,
+            config.control.cert_path,
+            config.control.key_path,
+        )
+        settings = ("control.cert_path", "control.key_path")
+    else:
+        enabled, cert, key = config.http.tls_enabled, config.http.cert_path, config.http.key_path
+        settings = ("http.cert_path (GATEWAY_CERT_PATH)", "http.key_path (GATEWAY_KEY_PATH)")
+    if not enabled:
         return None
-    for setting, path in (
-        ("http.cert_path (GATEWAY_CERT_PATH)", config.http.cert_path),
-        ("http.key_path (GATEWAY_KEY_PATH)", config.http.key_path),
-    ):
+    for setting, path in zip(settings, (cert, key), strict=True):
         if not os.path.isfile(path):
             raise ConfigError(f"{setting}: no such file {path!r}")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        context.load_cert_chain(config.http.cert_path, config.http.key_path)
+        context.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as error:
         raise ConfigError(
-            f"cannot load the TLS certificate {config.http.cert_path!r}"
-            f" with key {config.http.key_path!r}: {error}"
+            f"cannot load the TLS certificate {cert!r} with key {key!r}: {error}"
         ) from None
     if alpn:
         context.set_alpn_protocols(alpn)
@@ -350,7 +362,13 @@ async def _start_control(
     health = StoreHealth(store, layout)
     nursery.start_soon(health.run)
     app = create_app(plane, admin_keys, ready=health.problems)
-    http_server = ControlHttpServer(app, grace_seconds=config.gateway.shutdown_grace_seconds)
+    # Checked here so that a bad certificate stops start-up with a clear message.
+    control_tls = _tls_context(config, control=True)
+    http_server = ControlHttpServer(
+        app,
+        grace_seconds=config.gateway.shutdown_grace_seconds,
+        tls=(control.cert_path, control.key_path) if control_tls is not None else None,
+    )
     runtime.control_servers.append(http_server)
     runtime.addresses["control"] = await nursery.start(
         http_server.serve, control.http_host, control.http_port
@@ -360,7 +378,10 @@ async def _start_control(
         runtime.grpc_servers.append(control_grpc)
         runtime.addresses["control_grpc"] = await nursery.start(
             lambda task_status: control_grpc.serve(
-                control.grpc_host, control.grpc_port, task_status=task_status
+                control.grpc_host,
+                control.grpc_port,
+                ssl_context=_tls_context(config, alpn=["h2"], control=True),
+                task_status=task_status,
             )
         )
     if control.metrics_enabled:
@@ -523,7 +544,9 @@ def _log_summary(runtime: Runtime, source: str) -> None:
     config = runtime.config
     tls = config.http.tls_enabled
     schemes = {"http": "https" if tls else "http", "grpc": "grpcs" if tls else "grpc"}
-    schemes["control_grpc"] = "grpc"
+    control_tls = config.control.tls_enabled
+    schemes["control"] = "https" if control_tls else "http"
+    schemes["control_grpc"] = "grpcs" if control_tls else "grpc"
     listeners = ", ".join(
         f"{name} {schemes.get(name, 'http')}://{host}:{port}"
         for name, (host, port) in runtime.addresses.items()

@@ -458,11 +458,15 @@ class _HypercornLog(hypercorn.logging.Logger):
 class _HypercornConfig(Config):
     """hypercorn's settings, serving sockets that Helios has already bound."""
 
-    def __init__(self, sockets: list[socket.socket]) -> None:
+    def __init__(self, sockets: list[socket.socket], tls: tuple[str, str] | None) -> None:
         super().__init__()
         self._sockets = sockets
+        if tls is not None:
+            self.certfile, self.keyfile = tls
 
     def create_sockets(self) -> Sockets:
+        if self.ssl_enabled:
+            return Sockets(secure_sockets=self._sockets, insecure_sockets=[], quic_sockets=[])
         return Sockets(secure_sockets=[], insecure_sockets=self._sockets, quic_sockets=[])
 
 
@@ -473,9 +477,17 @@ class ControlHttpServer:
     within ``grace_seconds``; :meth:`wait_closed` waits for the end.
     """
 
-    def __init__(self, app: QuartTrio, *, grace_seconds: float = 5.0) -> None:
+    def __init__(
+        self,
+        app: QuartTrio,
+        *,
+        grace_seconds: float = 5.0,
+        tls: tuple[str, str] | None = None,
+    ) -> None:
+        """``tls``: paths of the PEM certificate chain and private key, to serve HTTPS."""
         self.app = app
         self.grace_seconds = grace_seconds
+        self.tls = tls
         self._draining = trio.Event()
         self._closed = trio.Event()
 
@@ -513,7 +525,7 @@ class ControlHttpServer:
         )
 
     def _config(self, sockets: list[socket.socket]) -> Config:
-        config = _HypercornConfig(sockets)
+        config = _HypercornConfig(sockets, self.tls)
         # Helios keeps its own access log; hypercorn's errors go to Helios's
         # logger, and nothing touches the logging configuration.
         config.accesslog = None

@@ -98,6 +98,8 @@ class HeliosProcess:
     control_port: int = 0
     # Set by a test that killed the process on purpose: it is not stopped cleanly.
     killed: bool = False
+    control_scheme: str = "http"
+    control_verify: ssl.SSLContext | bool = True
 
     def kill(self) -> None:
         self.killed = True
@@ -110,21 +112,25 @@ class HeliosProcess:
 
     @property
     def control_url(self) -> str:
-        return f"http://127.0.0.1:{self.control_port}"
+        return f"{self.control_scheme}://127.0.0.1:{self.control_port}"
 
     @property
-    def health_urls(self) -> list[str]:
-        urls = []
+    def health_urls(self) -> list[tuple[str, ssl.SSLContext | bool]]:
+        """What answers once the process is up: (URL, how to verify its certificate)."""
+        urls: list[tuple[str, ssl.SSLContext | bool]] = []
         if self.role in ("gateway", "all"):
-            urls.append(f"{self.url}/health")
+            urls.append((f"{self.url}/health", self.verify))
         if self.role in ("control", "all"):
-            urls.append(f"{self.control_url}/health")
+            urls.append((f"{self.control_url}/health", self.control_verify))
         return urls
 
     def admin(self) -> httpx.Client:
         """A client of the control plane's REST API, with the admin key."""
         return httpx.Client(
-            base_url=self.control_url, headers={"X-API-Key": ADMIN_KEY}, timeout=5.0
+            base_url=self.control_url,
+            headers={"X-API-Key": ADMIN_KEY},
+            verify=self.control_verify,
+            timeout=5.0,
         )
 
     @property
@@ -199,6 +205,11 @@ def start_helios(
         verify = ssl.create_default_context(cafile=str(certificate))
         scheme = "https"
     environment.update(settings or {})
+    control_scheme: str = "http"
+    control_verify: ssl.SSLContext | bool = True
+    if environment.get("HELIOS_CONTROL_TLS_ENABLED") == "true":
+        control_scheme = "https"
+        control_verify = ssl.create_default_context(cafile=environment["HELIOS_CONTROL_CERT_PATH"])
 
     # Free ports can be taken by someone else between picking and binding;
     # a start that failed for that reason is retried on other ports.
@@ -223,7 +234,16 @@ def start_helios(
                 stderr=subprocess.STDOUT,
             )
         helios = HeliosProcess(
-            process, http_port, metrics_port, log_path, scheme, verify, role, control_port
+            process,
+            http_port,
+            metrics_port,
+            log_path,
+            scheme,
+            verify,
+            role,
+            control_port,
+            control_scheme=control_scheme,
+            control_verify=control_verify,
         )
         if _wait_healthy(helios):
             return helios
@@ -235,16 +255,18 @@ def start_helios(
 def _wait_healthy(helios: HeliosProcess) -> bool:
     """Poll ``/health`` until it answers 200 (True) or the process exits (False)."""
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    with httpx.Client(verify=helios.verify, timeout=1.0) as client:
-        while time.monotonic() < deadline:
-            if helios.process.poll() is not None:
-                return False
-            try:
-                if all(client.get(url).status_code == 200 for url in helios.health_urls):
-                    return True
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
+    while time.monotonic() < deadline:
+        if helios.process.poll() is not None:
+            return False
+        try:
+            if all(
+                httpx.get(url, verify=verify, timeout=1.0).status_code == 200
+                for url, verify in helios.health_urls
+            ):
+                return True
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
     helios.process.kill()
     helios.process.wait()
     raise AssertionError(

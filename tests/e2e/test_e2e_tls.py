@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from e2e_support import API_KEY, HeliosProcess
+from e2e_support import ADMIN_KEY, API_KEY, HeliosProcess
 
 pytestmark = pytest.mark.slow
 
@@ -146,3 +146,26 @@ def test_tls_port_refuses_unverified_and_plain_clients_and_keeps_serving(
     assert isinstance(helios.verify, ssl.SSLContext)
     with httpx.Client(verify=context, timeout=5.0) as client:
         assert client.get(f"{helios.url}/ready").status_code == 200
+
+
+def test_the_control_plane_over_https(
+    self_signed: tuple[Path, Path], helios_factory: Callable[..., HeliosProcess]
+) -> None:
+    certificate, key = self_signed
+    helios = helios_factory(
+        role="control",
+        settings={
+            "HELIOS_CONTROL_TLS_ENABLED": "true",
+            "HELIOS_CONTROL_CERT_PATH": str(certificate),
+            "HELIOS_CONTROL_KEY_PATH": str(key),
+        },
+    )
+    trusted = ssl.create_default_context(cafile=str(certificate))
+    url = f"https://127.0.0.1:{helios.control_port}"
+    with httpx.Client(base_url=url, verify=trusted, timeout=5.0) as admin:
+        created = admin.post("/v1/tenants", json={"name": "acme"}, headers={"X-API-Key": ADMIN_KEY})
+        assert created.status_code == 201, created.text
+    # Plain HTTP on the TLS port gets nowhere.
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{helios.control_port}/health", timeout=2.0)
+    assert "control https://" in helios.log()
