@@ -97,6 +97,9 @@ def test_helios_config_names_the_file(tmp_path: Path) -> None:
         ({}, {"gateway.mode": "fastest"}, "", "gateway.mode"),
         ({"GATEWAY_TLS_ENABLED": "maybe"}, {}, "", "http.tls_enabled"),
         ({"HELIOS_METRICS_ENABLED": "maybe"}, {}, "", "metrics.enabled"),
+        ({"HELIOS_METRICS_TENANT_LABELS": "maybe"}, {}, "", "metrics.tenant_labels"),
+        ({"HELIOS_METRICS_MAX_TENANTS": "0"}, {}, "", "metrics.max_tenants"),
+        ({}, {}, "[metrics]\nmax_tenants = 1001\n", "metrics.max_tenants"),
         ({}, {}, '[http]\ntls_enabled = "maybe"\n', "http.tls_enabled"),
         ({"HELIOS_GATEWAY_MAX_BUCKETS": "0"}, {}, "", "gateway.max_buckets"),
         ({"HELIOS_HTTP_IDLE_TIMEOUT_SECONDS": "soon"}, {}, "", "http.idle_timeout_seconds"),
@@ -114,6 +117,13 @@ def test_bad_value_is_an_error_naming_the_setting(
     path = write(tmp_path, file_text) if file_text else None
     message = config_error(path, environ, overrides)
     assert setting in message
+
+
+def test_tenant_labels_are_off_by_default_and_set_from_the_environment() -> None:
+    assert (Config().metrics.tenant_labels, Config().metrics.max_tenants) == (False, 20)
+    environ = {"HELIOS_METRICS_TENANT_LABELS": "true", "HELIOS_METRICS_MAX_TENANTS": "50"}
+    metrics = load_config(None, environ, {}).metrics
+    assert (metrics.tenant_labels, metrics.max_tenants) == (True, 50)
 
 
 def test_superscript_digit_is_a_config_error_naming_the_setting() -> None:
