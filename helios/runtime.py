@@ -35,12 +35,7 @@ from helios.core.policy import PolicySet
 from helios.errors import BackendError, ConfigError
 from helios.gateway.auth import KeyRing
 from helios.gateway.http_api import HttpApi, error_body
-from helios.gateway.metrics import (
-    ControlCollector,
-    GatewayCollector,
-    GatewayMetrics,
-    make_registry,
-)
+from helios.gateway.metrics import GatewayCollector, GatewayMetrics, make_registry
 from helios.gateway.metrics_http import MetricsApi
 from helios.gateway.service import Clock, Gateway, RemoteBackend
 from helios.gateway.sync import PolicySync, Registration, gateway_id
@@ -351,6 +346,7 @@ async def _start_control(
 ) -> None:
     """Start the control plane's REST and gRPC listeners (and its metrics)."""
     from helios.control.grpc import ControlGrpcServer
+    from helios.control.metrics import ControlCollector, ControlMetrics
     from helios.control.plane import ControlPlane
     from helios.control.rest import ControlHttpServer, create_app
 
@@ -361,7 +357,8 @@ async def _start_control(
     admin_keys = KeyRing(control.admin_api_keys)
     health = StoreHealth(store, layout)
     nursery.start_soon(health.run)
-    app = create_app(plane, admin_keys, ready=health.problems)
+    metrics = ControlMetrics()
+    app = create_app(plane, admin_keys, ready=health.problems, metrics=metrics)
     # Checked here so that a bad certificate stops start-up with a clear message.
     control_tls = _tls_context(config, control=True)
     http_server = ControlHttpServer(
@@ -385,7 +382,7 @@ async def _start_control(
             )
         )
     if control.metrics_enabled:
-        registry = make_registry(ControlCollector(health))
+        registry = make_registry(ControlCollector(health, metrics))
         runtime.addresses["control_metrics"] = await _serve_metrics(
             runtime,
             nursery,

@@ -32,6 +32,7 @@ from quart_trio import QuartTrio
 from werkzeug import exceptions as http_errors
 
 from helios import __version__
+from helios.control.metrics import ControlMetrics
 from helios.control.openapi import openapi_document
 from helios.control.plane import ControlPlane
 from helios.errors import (
@@ -60,19 +61,27 @@ _OPEN_PATHS = frozenset({"/health", "/ready"})
 _LOG_SAFE = "/!$&'()*+,;=:@"
 _TENANT_FIELDS = frozenset({"name", "description"})
 _JSON = "application/json"
+# Where the rule that matched a request is noted in its ASGI scope, for metrics.
+_ROUTE = "helios.route"
 
 ReadyCheck = Callable[[], list[str]]
 
 
 def create_app(
-    plane: ControlPlane, admin_keys: KeyRing, *, ready: ReadyCheck | None = None
+    plane: ControlPlane,
+    admin_keys: KeyRing,
+    *,
+    ready: ReadyCheck | None = None,
+    metrics: ControlMetrics | None = None,
 ) -> QuartTrio:
     """The control plane's REST application, serving ``plane`` to holders of ``admin_keys``.
 
     ``ready`` returns the reasons the control plane cannot serve yet (none:
-    ready); ``GET /ready`` answers 503 with them.
+    ready); ``GET /ready`` answers 503 with them. ``metrics`` counts every
+    request answered.
     """
     app = _ControlApp(__name__, static_folder=None)
+    app.metrics = metrics
     app.config.update(
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
         PROVIDE_AUTOMATIC_OPTIONS=False,
@@ -83,6 +92,8 @@ def create_app(
     for rule, methods, view, query in api.routes():
         app.add_url_rule(rule, view.__name__, view, methods=methods)
         api.query_fields[view.__name__] = query
+    # First: the route is noted even for requests that authentication refuses.
+    app.before_request(_note_route)
     app.before_request(api.authenticate)
     app.register_error_handler(HeliosError, _helios_error)
     app.register_error_handler(http_errors.HTTPException, _http_error)
@@ -90,8 +101,16 @@ def create_app(
     return app
 
 
+async def _note_route(*_: Any) -> None:
+    """Note the rule that matched (a bounded set, unlike paths) for the request metrics."""
+    if request.url_rule is not None:
+        request.scope[_ROUTE] = request.url_rule.rule  # type: ignore[literal-required]
+
+
 class _ControlApp(QuartTrio):
-    """The application, with an access log of every HTTP request it answers."""
+    """The application, with an access log and metrics of every HTTP request it answers."""
+
+    metrics: ControlMetrics | None = None
 
     async def asgi_app(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -120,6 +139,12 @@ class _ControlApp(QuartTrio):
         try:
             await super().asgi_app(scope, receive, send_and_note)
         finally:
+            seconds = time.perf_counter() - started
+            if self.metrics is not None:
+                route = scope.get(_ROUTE)
+                self.metrics.observe(
+                    scope["method"], route if isinstance(route, str) else None, status, seconds
+                )
             # The path only: headers and bodies may hold keys, which are never logged.
             client = scope.get("client")
             access_log.info(
@@ -128,7 +153,7 @@ class _ControlApp(QuartTrio):
                 scope["method"],
                 quote(scope["path"], safe=_LOG_SAFE),
                 status,
-                (time.perf_counter() - started) * 1000,
+                seconds * 1000,
             )
 
 

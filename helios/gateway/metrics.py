@@ -27,7 +27,6 @@ from helios.server.http import HTTPServer
 
 if TYPE_CHECKING:
     from helios.gateway.sync import PolicySync
-    from helios.runtime import StoreHealth
 
 # Upper bounds of the latency buckets, in seconds: 25 µs to 1 s.
 LATENCY_BUCKETS = (
@@ -233,32 +232,6 @@ def _sync_metrics(sync: PolicySync) -> Iterator[Metric]:
     for kind, count in sorted(statistics.errors.items()):
         errors.add_metric([kind], count)
     yield errors
-
-
-class ControlCollector(Collector):
-    """Exposes the control plane's statistics at scrape time."""
-
-    def __init__(self, health: StoreHealth) -> None:
-        self.health = health
-
-    def collect(self) -> Iterator[Metric]:
-        yield GaugeMetricFamily(
-            "helios_control_store_up",
-            "1 while the control plane's store answers.",
-            value=0 if self.health.error else 1,
-        )
-        yield CounterMetricFamily(
-            "helios_control_store_failures",
-            "Failed checks of the control plane's store.",
-            value=self.health.failures,
-        )
-        info = GaugeMetricFamily(
-            "helios_build_info",
-            "Helios version, role and mode.",
-            labels=["version", "role", "mode"],
-        )
-        info.add_metric([__version__, "control", ""], 1)
-        yield info
 
 
 def make_registry(collector: Collector) -> CollectorRegistry:
