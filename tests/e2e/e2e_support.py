@@ -23,13 +23,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import trio
+
+T = TypeVar("T")
 
 API_KEY = "test-key"
 ADMIN_KEY = "admin-test-key"
@@ -78,6 +80,18 @@ def clean_environment(settings: Mapping[str, str] | None = None) -> dict[str, st
     )
     environment.update(settings or {})
     return environment
+
+
+def within(seconds: float, probe: Callable[[], T | None]) -> T:
+    """Poll ``probe`` until it returns something other than None, for at most ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        result = probe()
+        if result is not None:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {seconds} s")
+        time.sleep(0.02)
 
 
 def helios_command(*args: str) -> list[str]:

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import httpx
 import pytest
@@ -24,26 +22,13 @@ from e2e_support import (
     free_ports,
     helios_command,
     running_helios,
+    within,
 )
 
 pytestmark = pytest.mark.slow
 
-T = TypeVar("T")
-
 # A change must reach the gateway within this long.
 APPLY_SECONDS = 1.0
-
-
-def within(seconds: float, probe: Callable[[], T | None]) -> T:
-    """Poll ``probe`` until it returns something other than None, for at most ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while True:
-        result = probe()
-        if result is not None:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {seconds} s")
-        time.sleep(0.02)
 
 
 def allow(helios: HeliosProcess, tenant: str, resource: str, key: str) -> httpx.Response:

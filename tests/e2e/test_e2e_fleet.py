@@ -10,34 +10,19 @@ from __future__ import annotations
 import base64
 import json
 import signal
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
-from e2e_support import API_KEY, HeliosProcess
+from e2e_support import API_KEY, HeliosProcess, within
 from etcd_servers import EtcdServer
 
 pytestmark = pytest.mark.slow
 
-T = TypeVar("T")
-
 APPLY_SECONDS = 1.0
 PREFIX = "/fleet/"
-
-
-def within(seconds: float, probe: Callable[[], T | None]) -> T:
-    """Poll ``probe`` until it returns something other than None, for at most ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while True:
-        result = probe()
-        if result is not None:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {seconds} s")
-        time.sleep(0.02)
 
 
 class Fleet:
