@@ -65,9 +65,7 @@ def exercise_the_gateway(helios: HeliosProcess, keys: list[str]) -> None:
                     json={"checks": [{"tenant": "acme", "resource": "b"}] * 3},
                     headers={"X-API-Key": key},
                 ).status_code,
-                client.get(
-                    "/api/v1/quota/acme?resource=r", headers={"X-API-Key": key}
-                ).status_code,
+                client.get("/api/v1/quota/acme?resource=r", headers={"X-API-Key": key}).status_code,
             }
             assert statuses <= {200, 429, 401, 403}, statuses
         # Malformed: bad values, a bad body, a bad route, a bad method; each with a key.
@@ -194,9 +192,7 @@ def test_json_logs_at_debug_hold_no_key(helios_factory: Callable[..., HeliosProc
         entry["message"].split()[1:4] == ["POST", "/v1/tenants/acme/keys", "201"]
         for entry in access
     ), access
-    assert any(
-        entry["message"].split()[1:4] == ["GET", "/v1/tenants", "401"] for entry in access
-    )
+    assert any(entry["message"].split()[1:4] == ["GET", "/v1/tenants", "401"] for entry in access)
     messages = [json.loads(line)["message"] for line in lines]
     assert any(message.startswith("helios ") and " started: " in message for message in messages)
     assert messages[-1] == "stopped"
