@@ -36,13 +36,15 @@ APPLY_SECONDS = 5.0
 def send_raw(helios: HeliosProcess, data: bytes) -> bytes:
     """Send bytes as they are to the data plane; what came back before it closed."""
     received = b""
-    with socket.create_connection(("127.0.0.1", helios.http_port), timeout=5.0) as sock:
-        # A server that refuses a request closes with unread bytes: a reset.
-        with contextlib.suppress(ConnectionResetError, BrokenPipeError):
-            sock.sendall(data)
-            sock.shutdown(socket.SHUT_WR)
-            while chunk := sock.recv(65536):
-                received += chunk
+    # A server that refuses a request closes with unread bytes: a reset.
+    with (
+        socket.create_connection(("127.0.0.1", helios.http_port), timeout=5.0) as sock,
+        contextlib.suppress(ConnectionResetError, BrokenPipeError),
+    ):
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        while chunk := sock.recv(65536):
+            received += chunk
     return received
 
 
