@@ -16,6 +16,7 @@ both read this layout; nothing else does.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -136,9 +137,49 @@ class StoredPolicy:
         return {**self.policy.to_dict(), "revision": self.revision}
 
 
+class _Document:
+    """A record stored as a JSON document: times as Unix seconds in the store,
+    as RFC 3339 text in the API."""
+
+    __slots__ = ()
+    # Fields the API does not show.
+    _hidden: tuple[str, ...] = ()
+
+    def document(self) -> dict[str, Any]:
+        """The record as the store keeps it."""
+        return dataclasses.asdict(self)  # type: ignore[call-overload, no-any-return]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as the API shows it."""
+        shown = {k: v for k, v in self.document().items() if k not in self._hidden}
+        for name in ("created_at", "started_at"):
+            if name in shown:
+                shown[name] = timestamp(shown[name])
+        return shown
+
+    @classmethod
+    def from_document(cls, document: Mapping[str, Any]) -> Any:
+        """The record from its stored document; KeyError/TypeError/ValueError if malformed."""
+        values = {}
+        for item in dataclasses.fields(cls):  # type: ignore[arg-type]
+            if item.name in _OPTIONAL and document.get(item.name) is None:
+                values[item.name] = None if item.type == "str | None" else ""
+                continue
+            values[item.name] = _CONVERT[item.type](document[item.name])  # type: ignore[index]
+        return cls(**values)
+
+
+_CONVERT: dict[str, Any] = {"str": str, "int": int, "float": float, "str | None": str}
+# Fields a document may leave out (older records, or null).
+_OPTIONAL = frozenset({"description", "resource"})
+
+
 @dataclass(frozen=True, slots=True)
-class ApiKey:
+class ApiKey(_Document):
     """An issued API key, as stored: never the key itself, only its SHA-256."""
+
+    # The API never shows the hash: it would only help an attacker.
+    _hidden = ("sha256",)
 
     id: str
     tenant: str
@@ -147,40 +188,9 @@ class ApiKey:
     description: str
     created_at: float
 
-    def to_dict(self) -> dict[str, Any]:
-        """The key as listed (no hash: it would only help an attacker)."""
-        return {
-            "id": self.id,
-            "tenant": self.tenant,
-            "prefix": self.prefix,
-            "description": self.description,
-            "created_at": timestamp(self.created_at),
-        }
-
-    def document(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "tenant": self.tenant,
-            "prefix": self.prefix,
-            "sha256": self.sha256,
-            "description": self.description,
-            "created_at": self.created_at,
-        }
-
-    @classmethod
-    def from_document(cls, document: Mapping[str, Any]) -> ApiKey:
-        return cls(
-            str(document["id"]),
-            str(document["tenant"]),
-            str(document["prefix"]),
-            str(document["sha256"]),
-            str(document.get("description", "")),
-            float(document["created_at"]),
-        )
-
 
 @dataclass(frozen=True, slots=True)
-class GatewayInfo:
+class GatewayInfo(_Document):
     """A live gateway, as it registers itself."""
 
     id: str
@@ -190,72 +200,15 @@ class GatewayInfo:
     revision: int
     started_at: float
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "address": self.address,
-            "mode": self.mode,
-            "version": self.version,
-            "revision": self.revision,
-            "started_at": timestamp(self.started_at),
-        }
-
-    def document(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "address": self.address,
-            "mode": self.mode,
-            "version": self.version,
-            "revision": self.revision,
-            "started_at": self.started_at,
-        }
-
-    @classmethod
-    def from_document(cls, document: Mapping[str, Any]) -> GatewayInfo:
-        return cls(
-            str(document["id"]),
-            str(document["address"]),
-            str(document["mode"]),
-            str(document["version"]),
-            int(document["revision"]),
-            float(document["started_at"]),
-        )
-
 
 @dataclass(frozen=True, slots=True)
-class Reset:
+class Reset(_Document):
     """A request to forget the counters of a tenant (one resource, or all)."""
 
     id: str
     tenant: str
     resource: str | None
     created_at: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "tenant": self.tenant,
-            "resource": self.resource,
-            "created_at": timestamp(self.created_at),
-        }
-
-    def document(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "tenant": self.tenant,
-            "resource": self.resource,
-            "created_at": self.created_at,
-        }
-
-    @classmethod
-    def from_document(cls, document: Mapping[str, Any]) -> Reset:
-        resource = document.get("resource")
-        return cls(
-            str(document["id"]),
-            str(document["tenant"]),
-            None if resource is None else str(resource),
-            float(document["created_at"]),
-        )
 
 
 def policy_from_document(tenant: str, resource: str, document: Mapping[str, Any]) -> Policy:
