@@ -9,7 +9,8 @@ others and the process exits with the error instead of staying half alive.
 
 Shutdown (SIGINT / SIGTERM): the HTTP servers stop accepting and close idle
 connections; requests in flight get ``gateway.shutdown_grace_seconds`` to
-finish; then everything is cancelled and the process exits 0.
+finish; then everything is cancelled, the spans still queued for export are
+sent (when tracing is on), and the process exits 0.
 """
 
 from __future__ import annotations
@@ -39,10 +40,12 @@ from helios.gateway.metrics import GatewayCollector, GatewayMetrics, make_regist
 from helios.gateway.metrics_http import MetricsApi
 from helios.gateway.service import Clock, Gateway, RemoteBackend
 from helios.gateway.sync import PolicySync, Registration, gateway_id
+from helios.gateway.tenants import TenantCounts
 from helios.grpc.server import GrpcListener, GrpcServer
 from helios.server.http import HTTPServer, Limits
 from helios.store.kv import KeyValueStore
 from helios.store.policy_file import file_version, load_policies
+from helios.tracing import Tracing, log_tracing, start_tracing
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -60,6 +63,8 @@ POLICY_FILE_POLL_SECONDS = 1.0
 RESET_QUEUE = 256
 # How often the control plane checks that its store answers.
 STORE_CHECK_SECONDS = 2.0
+# How long exporting the last spans may hold up the exit.
+TRACING_SHUTDOWN_SECONDS = 5.0
 
 
 class Drainable(Protocol):
@@ -111,6 +116,7 @@ class Runtime:
     addresses: dict[str, tuple[str, int]] = field(default_factory=dict)
     store: KeyValueStore | None = None
     sync: PolicySync | None = None
+    tracing: Tracing | None = None
     control: ControlPlane | None = None
     # Listeners drained on shutdown besides the data plane's (the control REST API).
     control_servers: list[Drainable] = field(default_factory=list)
@@ -165,6 +171,9 @@ def build_gateway(
         remote=remote,
         breaker=breaker,
         remote_timeout_seconds=config.redis.timeout_ms / 1000,
+        tenant_counts=(
+            TenantCounts(config.metrics.max_tenants) if config.metrics.tenant_labels else None
+        ),
     )
     return gateway, source
 
@@ -211,11 +220,25 @@ async def run(
     task_status: trio.TaskStatus[Runtime] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the process's roles until a signal (or cancellation) stops them."""
+    tracing = start_tracing(config.role)
+    try:
+        await _run_with_backends(config, clock, tracing, task_status)
+    finally:
+        if tracing is not None:
+            await _stop_tracing(tracing)
+
+
+async def _run_with_backends(
+    config: Config,
+    clock: Clock | None,
+    tracing: Tracing | None,
+    task_status: trio.TaskStatus[Runtime],
+) -> None:
     from helios.store.factory import open_store
 
-    async with open_store(config.store) as store:
+    async with open_store(config.store, tracing=tracing) as store:
         if config.role == "control" or config.gateway.mode != "strong":
-            await _run_roles(config, clock, None, store, task_status)
+            await _run_roles(config, clock, None, store, tracing, task_status)
             return
         from helios.backends.redis import open_redis
         from helios.backends.redis.strong import StrongBackend
@@ -223,8 +246,20 @@ async def run(
         async with open_redis(
             config.redis.url, timeout_ms=config.redis.timeout_ms, pool_size=config.redis.pool_size
         ) as redis:
-            remote = StrongBackend(redis, key_prefix=config.redis.key_prefix)
-            await _run_roles(config, clock, remote, store, task_status)
+            remote = StrongBackend(redis, key_prefix=config.redis.key_prefix, tracing=tracing)
+            await _run_roles(config, clock, remote, store, tracing, task_status)
+
+
+async def _stop_tracing(tracing: Tracing) -> None:
+    """Export the spans still queued, within a bound, even while being cancelled."""
+    with trio.CancelScope(shield=True), trio.move_on_after(TRACING_SHUTDOWN_SECONDS) as bound:
+        # The SDK blocks while its export thread finishes; an abandoned wait
+        # leaves that (daemon) thread to die with the process.
+        await trio.to_thread.run_sync(tracing.shutdown, abandon_on_cancel=True)
+    if bound.cancelled_caught:
+        log.warning(
+            "could not export the last spans within %g s; dropped them", TRACING_SHUTDOWN_SECONDS
+        )
 
 
 async def _run_roles(
@@ -232,10 +267,12 @@ async def _run_roles(
     clock: Clock | None,
     remote: RemoteBackend | None,
     store: KeyValueStore,
+    tracing: Tracing | None,
     task_status: trio.TaskStatus[Runtime],
 ) -> None:
     runtime = Runtime(config)
     runtime.store = store
+    runtime.tracing = tracing
     layout = Layout(config.store.prefix)
     source = ""
     async with trio.open_nursery() as nursery:
@@ -285,7 +322,9 @@ async def _start_gateway(
     nursery.start_soon(_apply_resets, gateway, resets_out)
 
     metrics = GatewayMetrics()
-    api = HttpApi(gateway, metrics, max_batch_checks=config.gateway.max_batch_checks)
+    api = HttpApi(
+        gateway, metrics, max_batch_checks=config.gateway.max_batch_checks, tracing=runtime.tracing
+    )
     http = config.http
     limits = Limits(
         max_request_line_bytes=http.max_request_line_bytes,
@@ -295,7 +334,9 @@ async def _start_gateway(
         request_timeout_seconds=http.request_timeout_seconds,
         idle_timeout_seconds=http.idle_timeout_seconds,
     )
-    data_plane = HTTPServer(api, limits=limits, error_body=error_body)
+    # Without tracing, the server calls the API itself: not even a check per request.
+    handler = api if runtime.tracing is None else api.traced
+    data_plane = HTTPServer(handler, limits=limits, error_body=error_body)
     runtime.http_servers.append(data_plane)
     listeners = await nursery.start(
         lambda task_status: data_plane.serve(
@@ -358,7 +399,9 @@ async def _start_control(
     health = StoreHealth(store, layout)
     nursery.start_soon(health.run)
     metrics = ControlMetrics()
-    app = create_app(plane, admin_keys, ready=health.problems, metrics=metrics)
+    app = create_app(
+        plane, admin_keys, ready=health.problems, metrics=metrics, tracing=runtime.tracing
+    )
     # Checked here so that a bad certificate stops start-up with a clear message.
     control_tls = _tls_context(config, control=True)
     http_server = ControlHttpServer(
@@ -581,3 +624,4 @@ def _log_summary(runtime: Runtime, source: str) -> None:
             "no admin API keys are configured: every control-plane request will get 401"
             " (set HELIOS_ADMIN_API_KEYS)"
         )
+    log_tracing(runtime.tracing)

@@ -19,14 +19,15 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import hypercorn.logging
 import hypercorn.trio
 import trio
 from hypercorn.config import Config, Sockets
-from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, HTTPScope, Scope
+from opentelemetry import context, trace
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug import exceptions as http_errors
@@ -46,6 +47,11 @@ from helios.errors import (
 )
 from helios.gateway.auth import KeyRing
 from helios.gateway.http_api import error_body
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+    from helios.tracing import Tracing
 
 log = logging.getLogger("helios.control")
 access_log = logging.getLogger("helios.control.access")
@@ -73,15 +79,17 @@ def create_app(
     *,
     ready: ReadyCheck | None = None,
     metrics: ControlMetrics | None = None,
+    tracing: Tracing | None = None,
 ) -> QuartTrio:
     """The control plane's REST application, serving ``plane`` to holders of ``admin_keys``.
 
     ``ready`` returns the reasons the control plane cannot serve yet (none:
     ready); ``GET /ready`` answers 503 with them. ``metrics`` counts every
-    request answered.
+    request answered. ``tracing``: a span for each sampled request but the probes.
     """
     app = _ControlApp(__name__, static_folder=None)
     app.metrics = metrics
+    app.tracing = tracing
     app.config.update(
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
         PROVIDE_AUTOMATIC_OPTIONS=False,
@@ -111,6 +119,7 @@ class _ControlApp(QuartTrio):
     """The application, with an access log and metrics of every HTTP request it answers."""
 
     metrics: ControlMetrics | None = None
+    tracing: Tracing | None = None
 
     async def asgi_app(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -120,6 +129,9 @@ class _ControlApp(QuartTrio):
             return
         started = time.perf_counter()
         status = 0
+        span = None
+        if self.tracing is not None and scope["path"] not in _OPEN_PATHS:
+            span = _start_span(self.tracing, scope)
 
         async def send_and_note(message: Any) -> None:
             nonlocal status
@@ -136,9 +148,15 @@ class _ControlApp(QuartTrio):
             with trio.CancelScope(shield=True):
                 await send(message)
 
+        # The request's tasks inherit the span as current: etcd calls become its children.
+        token = context.attach(trace.set_span_in_context(span)) if span is not None else None
         try:
             await super().asgi_app(scope, receive, send_and_note)
         finally:
+            if token is not None:
+                context.detach(token)
+            if span is not None:
+                _end_span(span, scope, status)
             seconds = time.perf_counter() - started
             if self.metrics is not None:
                 route = scope.get(_ROUTE)
@@ -155,6 +173,37 @@ class _ControlApp(QuartTrio):
                 status,
                 seconds * 1000,
             )
+
+
+def _start_span(tracing: Tracing, scope: HTTPScope) -> Span | None:
+    """A SERVER span for the request, if sampled (W3C ``traceparent`` honoured)."""
+    headers = {
+        name.decode("latin-1"): value.decode("latin-1")
+        for name, value in scope["headers"]
+        if name in (b"traceparent", b"tracestate")
+    }
+    return tracing.start_server_span(
+        "helios.control", headers.get("traceparent"), headers.get("tracestate")
+    )
+
+
+def _end_span(span: Span, scope: HTTPScope, status: int) -> None:
+    method = scope["method"]
+    route = scope.get(_ROUTE)
+    attributes: dict[str, str | int] = {
+        "http.request.method": method,
+        "http.response.status_code": status,
+    }
+    if isinstance(route, str):
+        attributes["http.route"] = route
+        span.update_name(f"{method} {route}")
+    else:
+        span.update_name(method)
+    span.set_attributes(attributes)
+    if status >= 500 or not status:
+        span.set_attribute("error.type", str(status or "no response"))
+        span.set_status(trace.StatusCode.ERROR)
+    span.end()
 
 
 View = Callable[..., Awaitable[Response]]

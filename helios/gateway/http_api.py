@@ -2,6 +2,10 @@
 
 Routing, query and JSON parsing, and rendering of decisions with their
 headers. Decisions themselves come from :class:`~helios.gateway.service.Gateway`.
+
+With tracing on, the server calls :meth:`HttpApi.traced` instead of the API
+itself: a span for each decision request, whose figures the renderers add
+while the span is current (see :mod:`helios.tracing`).
 """
 
 from __future__ import annotations
@@ -10,7 +14,10 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, unquote_plus
+
+from opentelemetry import context, trace
 
 from helios import __version__
 from helios.core.decision import Decision
@@ -20,6 +27,12 @@ from helios.errors import HeliosError, InvalidRequest, MethodNotAllowed, NotFoun
 from helios.gateway.metrics import GatewayMetrics
 from helios.gateway.service import Check, Gateway, Quota
 from helios.server.http import Request, Response
+from helios.tracing import failed
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+    from helios.tracing import Tracing
 
 # HEAD is not offered: it must not have side effects, and a decision charges.
 log = logging.getLogger("helios.http")
@@ -27,6 +40,15 @@ log = logging.getLogger("helios.http")
 _ALLOW_METHODS = ("GET", "POST")
 
 _MAX_QUERY_PARAMETERS = 32
+
+# Traced routes: path -> (span name, http.route). The quota route is matched by prefix.
+_TRACED_ROUTES = {
+    "/allow": ("helios.decide", "/allow"),
+    "/api/v1/allow": ("helios.decide", "/api/v1/allow"),
+    "/api/v1/allow/batch": ("helios.decide", "/api/v1/allow/batch"),
+}
+_QUOTA_PREFIX = "/api/v1/quota/"
+_TRACED_QUOTA = ("helios.quota", "/api/v1/quota/{tenant}")
 
 
 def error_body(status: int, message: str, field: str | None = None) -> bytes:
@@ -81,10 +103,18 @@ Endpoint = Callable[[Request], Response | Awaitable[Response]]
 class HttpApi:
     """Routes HTTP requests to the gateway service."""
 
-    def __init__(self, gateway: Gateway, metrics: GatewayMetrics, *, max_batch_checks: int) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        metrics: GatewayMetrics,
+        *,
+        max_batch_checks: int,
+        tracing: Tracing | None = None,
+    ) -> None:
         self.gateway = gateway
         self.metrics = metrics
         self.max_batch_checks = max_batch_checks
+        self.tracing = tracing
         # Per policy object: the quoted name used in the RateLimit headers.
         self._policy_names: dict[Policy, str] = {}
 
@@ -106,6 +136,50 @@ class HttpApi:
             log.exception("internal error answering %s %s", request.method, route)
             response = Response(500, error_body(500, "internal error"))
         self.metrics.observe(route, response.status, time.perf_counter() - started)
+        return response
+
+    async def traced(self, request: Request) -> Response:
+        """Answer as :meth:`__call__` does, in a span if the request is a sampled decision.
+
+        A request that is not sampled gets no span at all; the renderers add
+        the tenant, resource, result and mode to the span while it is current.
+        """
+        assert self.tracing is not None
+        path = request.path
+        traced = _TRACED_ROUTES.get(path)
+        if traced is None:
+            if not path.startswith(_QUOTA_PREFIX):
+                return await self(request)
+            traced = _TRACED_QUOTA
+        name, route = traced
+        span = self.tracing.start_server_span(
+            name, _header_text(request, b"traceparent"), _header_text(request, b"tracestate")
+        )
+        if span is None:
+            return await self(request)
+        token = context.attach(trace.set_span_in_context(span))
+        try:
+            response = await self(request)
+        except BaseException as error:  # cancelled: the request was never answered
+            failed(span, error)
+            span.end()
+            raise
+        finally:
+            context.detach(token)
+        status = response.status
+        span.set_attributes(
+            {
+                "http.request.method": request.method,
+                "http.route": route,
+                "http.response.status_code": status,
+            }
+        )
+        if status != 200 and status != 429:
+            span.set_attribute("helios.result", "error")
+            if status >= 500:
+                span.set_attribute("error.type", str(status))
+                span.set_status(trace.StatusCode.ERROR)
+        span.end()
         return response
 
     def _route(self, path: str) -> tuple[str, Endpoint, tuple[str, ...] | None]:
@@ -199,6 +273,8 @@ class HttpApi:
     def _render_batch(
         self, checks: list[Check | HeliosError], decisions: list[Decision | HeliosError]
     ) -> Response:
+        if self.tracing is not None:
+            _note_batch(checks, decisions)
         decided = iter(decisions)
         results = []
         for check in checks:
@@ -280,6 +356,8 @@ class HttpApi:
         )
 
     def render_decision(self, tenant: str, resource: str, decision: Decision) -> Response:
+        if self.tracing is not None:
+            _note_decision(tenant, resource, decision)
         body = self.decision_json(tenant, resource, decision).encode()
         headers = self._headers(decision)
         if not decision.allowed:
@@ -290,6 +368,8 @@ class HttpApi:
 
     def render_quota(self, quota: Quota) -> Response:
         decision = quota.decision
+        if self.tracing is not None:
+            _note_quota(quota)
         document = {
             "tenant": quota.tenant,
             "resource": quota.resource,
@@ -369,3 +449,75 @@ def _api_key(request: Request, params: dict[str, str]) -> str | None:
     if key:
         return key.decode("utf-8", "surrogateescape")
     return params.get("api_key") or None
+
+
+def _header_text(request: Request, name: bytes) -> str | None:
+    value = request.header(name)
+    return None if value is None else value.decode("latin-1")
+
+
+# What the renderers tell the current span (only when it records: sampled).
+
+
+def _result(decision: Decision) -> str:
+    if decision.would_allow:
+        return "allowed"
+    return "shadow_denied" if decision.allowed else "denied"
+
+
+def _recording_span() -> Span | None:
+    span = trace.get_current_span()
+    return span if span.is_recording() else None
+
+
+def _note_decision(tenant: str, resource: str, decision: Decision) -> None:
+    span = _recording_span()
+    if span is not None:
+        span.set_attributes(
+            {
+                "helios.tenant": tenant,
+                "helios.resource": resource,
+                "helios.result": _result(decision),
+                "helios.mode": decision.mode,
+                "helios.policy": decision.policy.name,
+            }
+        )
+
+
+def _note_quota(quota: Quota) -> None:
+    span = _recording_span()
+    if span is not None:
+        span.set_attributes(
+            {
+                "helios.tenant": quota.tenant,
+                "helios.resource": quota.resource,
+                "helios.mode": quota.decision.mode,
+                "helios.policy": quota.decision.policy.name,
+            }
+        )
+
+
+def _note_batch(checks: list[Check | HeliosError], decisions: list[Decision | HeliosError]) -> None:
+    """A batch's span: its size, the tenant and resource if all checks share them,
+    and the result of the worst check (error, then denied, then shadow_denied)."""
+    span = _recording_span()
+    if span is None:
+        return
+    results = {_result(d) if isinstance(d, Decision) else "error" for d in decisions}
+    if len(decisions) != len(checks):
+        results.add("error")
+    worst = next(
+        (r for r in ("error", "denied", "shadow_denied", "allowed") if r in results), "error"
+    )
+    attributes: dict[str, str | int] = {"helios.batch.size": len(checks), "helios.result": worst}
+    valid = [check for check in checks if isinstance(check, Check)]
+    tenants = {str(check.tenant) for check in valid}
+    resources = {str(check.resource) for check in valid}
+    if len(tenants) == 1:
+        attributes["helios.tenant"] = tenants.pop()
+    if len(resources) == 1:
+        attributes["helios.resource"] = resources.pop()
+    modes = {d.mode for d in decisions if isinstance(d, Decision)}
+    if len(modes) == 1:
+        attributes["helios.mode"] = modes.pop()
+    span.set_attributes(attributes)

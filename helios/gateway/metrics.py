@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from helios import __version__
 from helios.backends.breaker import CircuitState
 from helios.gateway.service import Gateway
+from helios.gateway.tenants import RESULTS, TenantCounts
 from helios.server.http import HTTPServer
 
 if TYPE_CHECKING:
@@ -107,6 +108,16 @@ class GatewayCollector(Collector):
         limits.add_metric(["denied"], gateway.denied)
         limits.add_metric(["shadow_denied"], gateway.shadow_denied)
         yield limits
+        if gateway.tenant_counts is not None:
+            yield _tenant_metrics(gateway.tenant_counts)
+        near = CounterMetricFamily(
+            "helios_near_limit",
+            "Decisions that left less than a fifth of the tightest band, by result.",
+            labels=["result"],
+        )
+        for result, count in zip(RESULTS, gateway.near_limit, strict=True):
+            near.add_metric([result], count)
+        yield near
 
         modes = CounterMetricFamily(
             "helios_decisions",
@@ -199,6 +210,21 @@ class GatewayCollector(Collector):
         yield info
         if self.sync is not None:
             yield from _sync_metrics(self.sync)
+
+
+def _tenant_metrics(counts: TenantCounts) -> Metric:
+    # Picks the busiest tenants since the last scrape: see helios.gateway.tenants.
+    tenants, other = counts.snapshot()
+    family = CounterMetricFamily(
+        "helios_tenant_rate_limits",
+        f"Rate-limit decisions by tenant and result: the {counts.max_tenants} busiest"
+        " tenants since the last scrape, the rest as tenant other.",
+        labels=["tenant", "result"],
+    )
+    for tenant, values in [*tenants, ("other", other)]:
+        for result, count in zip(RESULTS, values, strict=True):
+            family.add_metric([tenant, result], count)
+    return family
 
 
 def _sync_metrics(sync: PolicySync) -> Iterator[Metric]:

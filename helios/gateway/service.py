@@ -21,6 +21,7 @@ from helios.core.names import check_name
 from helios.core.policy import Policy, PolicySet, validate_cost
 from helios.errors import BackendError, HeliosError, NotFound
 from helios.gateway.auth import KeyRing
+from helios.gateway.tenants import ALLOWED, DENIED, SHADOW_DENIED, TenantCounts
 
 
 class Clock:
@@ -139,6 +140,7 @@ class Gateway:
         remote: RemoteBackend | None = None,
         breaker: CircuitBreaker | None = None,
         remote_timeout_seconds: float = 0.05,
+        tenant_counts: TenantCounts | None = None,
     ) -> None:
         self.policies = policies
         self.table = table
@@ -160,6 +162,11 @@ class Gateway:
         self.allowed = 0
         self.denied = 0
         self.shadow_denied = 0
+        # Decisions that left less than a fifth of the tightest band, by
+        # result (indexed as in helios.gateway.tenants.RESULTS).
+        self.near_limit = [0, 0, 0]
+        # Decisions by tenant, when the tenant-labelled metrics are on.
+        self.tenant_counts = tenant_counts
         self.policy_reloads = 0
         # Why decisions may not be current though the gateway serves (stale policies).
         self.ready_warnings: Callable[[], list[str]] = list
@@ -226,7 +233,7 @@ class Gateway:
         """Decide one check for an identified caller (see :meth:`identify`)."""
         tenant, resource, policy = self._validate(check, owner)
         decision = self.table.decide(policy, tenant, resource, self.clock.now_ns(), check.cost)
-        self._count(decision)
+        self._count(decision, tenant)
         return decision
 
     def _validate(self, check: Check, owner: str | None) -> tuple[str, str, Policy]:
@@ -264,13 +271,13 @@ class Gateway:
                 failure = error
             else:
                 self.breaker.success()
-                self._count(decision)
+                self._count(decision, tenant)
                 return decision, None
             self._backend_failed(failure)
         else:
             failure = BackendError("the rate-limit store is unavailable (circuit open)")
         decision = self._fallback(policy, tenant, resource, check.cost, failure)
-        self._count(decision)
+        self._count(decision, tenant)
         return decision, failure
 
     def _backend_failed(self, error: BackendError) -> None:
@@ -396,14 +403,22 @@ class Gateway:
             policies = [policy, *self._predecessors_of(policy)]
         return dropped + await self.remote.reset(tenant, resource, policies)
 
-    def _count(self, decision: Decision) -> None:
+    def _count(self, decision: Decision, tenant: str) -> None:
         self.modes[decision.mode] = self.modes.get(decision.mode, 0) + 1
         if decision.would_allow:
             self.allowed += 1
+            result = ALLOWED
         elif decision.allowed:
             self.shadow_denied += 1
+            result = SHADOW_DENIED
         else:
             self.denied += 1
+            result = DENIED
+        # remaining < 0.2 × limit, in integers.
+        if decision.remaining * 5 < decision.band.limit:
+            self.near_limit[result] += 1
+        if self.tenant_counts is not None:
+            self.tenant_counts.count(tenant, result)
 
     def ready_problems(self) -> list[str]:
         """Why the gateway cannot serve decisions yet (empty when ready)."""

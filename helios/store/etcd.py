@@ -19,7 +19,7 @@ import base64
 import contextlib
 import json
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -37,6 +37,9 @@ from helios.store.kv import (
     StoreUnavailable,
     WatchHandler,
 )
+
+if TYPE_CHECKING:
+    from helios.tracing import Tracing
 
 # gRPC status codes etcd puts in its JSON errors.
 _NOT_FOUND = 5
@@ -70,6 +73,7 @@ class EtcdStore:
         username: str = "",
         password: str = "",
         timeout_ms: int = 2000,
+        tracing: Tracing | None = None,
     ) -> None:
         if not endpoints:
             raise ConfigError("etcd needs at least one endpoint", field="store.etcd_endpoints")
@@ -85,6 +89,8 @@ class EtcdStore:
         self._password = password
         self._timeout_ms = timeout_ms
         self._timeout_s = timeout_ms / 1000
+        # A span per call (not for a watch, which lasts as long as the process).
+        self._tracing = tracing
         # The endpoint that answered last; calls start there.
         self._current = 0
         self._token: str | None = None
@@ -195,8 +201,9 @@ class EtcdStore:
         return int(answer["ID"])
 
     async def keep_alive(self, lease: int) -> bool:
-        async with self._stream("lease/keepalive", {"ID": str(lease)}) as results:
-            result = await self._first_result(results, "lease/keepalive")
+        with self._span("lease/keepalive"):
+            async with self._stream("lease/keepalive", {"ID": str(lease)}) as results:
+                result = await self._first_result(results, "lease/keepalive")
         # An expired lease comes back without a TTL.
         return int(result.get("TTL", 0)) > 0
 
@@ -221,14 +228,22 @@ class EtcdStore:
 
     async def _call(self, path: str, request: dict[str, Any]) -> dict[str, Any]:
         """POST ``request`` to ``/v3/<path>``: the answer, or StoreUnavailable."""
-        try:
-            with trio.fail_after(self._timeout_s):
-                response = await self._send(path, request, stream=False)
-        except trio.TooSlowError:
-            raise self._too_slow(path) from None
-        answer = _decode(response.content, path)
-        _check_answer(answer, response.status_code)
-        return answer
+        with self._span(path):
+            try:
+                with trio.fail_after(self._timeout_s):
+                    response = await self._send(path, request, stream=False)
+            except trio.TooSlowError:
+                raise self._too_slow(path) from None
+            answer = _decode(response.content, path)
+            _check_answer(answer, response.status_code)
+            return answer
+
+    def _span(self, path: str) -> contextlib.AbstractContextManager[object]:
+        """A CLIENT span for one call: under the request being served, or a trace of its own."""
+        if self._tracing is None:
+            return contextlib.nullcontext()
+        attributes = {"db.system": "etcd", "db.system.name": "etcd", "db.operation.name": path}
+        return self._tracing.client_span(f"etcd {path}", attributes, root=True)
 
     def _stream(self, path: str, request: dict[str, Any]) -> _ResultStream:
         return _ResultStream(self, path, request)

@@ -28,6 +28,8 @@ from helios.core.policy import Band, Policy
 
 if TYPE_CHECKING:
     from helios.backends.redis.client import RedisLike
+    from helios.backends.redis.protocol import Reply
+    from helios.tracing import Tracing
 
 DECIDE = Script(resources.files("helios.backends.redis").joinpath("decide.lua").read_text())
 
@@ -90,11 +92,15 @@ def _inheritance(policy: Policy, previous: Policy) -> list[int] | None:
 class StrongBackend:
     """Decides in Redis; see the module docstring."""
 
-    def __init__(self, redis: RedisLike, *, key_prefix: str = "helios") -> None:
+    def __init__(
+        self, redis: RedisLike, *, key_prefix: str = "helios", tracing: Tracing | None = None
+    ) -> None:
         if "{" in key_prefix or "}" in key_prefix:
             raise ValueError("the Redis key prefix may not contain braces")
         self.redis = redis
         self.key_prefix = key_prefix
+        # With tracing on, a script run under a sampled request gets a span of its own.
+        self.tracing = tracing
 
     def keys(self, policy: Policy, tenant: str, resource: str) -> list[str]:
         tag = hash_tag(tenant, resource)
@@ -120,7 +126,10 @@ class StrongBackend:
             keys.extend(self.keys(old, tenant, resource))
             blocks.extend((old.algorithm, len(old.bands), *_band_args(old), *inherit))
         args.extend((count, *blocks))
-        reply = await self.redis.evalsha(DECIDE, tuple(keys), tuple(args))
+        if self.tracing is None:
+            reply = await self.redis.evalsha(DECIDE, tuple(keys), tuple(args))
+        else:
+            reply = await self._traced_evalsha(self.tracing, keys, args)
         now_ns = int(reply[0]) * _NS_PER_S + int(reply[1]) * _NS_PER_US
         results = [
             (
@@ -132,6 +141,17 @@ class StrongBackend:
             for index in range(2, len(reply), 4)
         ]
         return results, now_ns
+
+    async def _traced_evalsha(self, tracing: Tracing, keys: list[str], args: list[Any]) -> Reply:
+        # The keys name tenants and resources; the span says how many there are.
+        attributes: dict[str, str | int] = {
+            "db.system": "redis",
+            "db.system.name": "redis",
+            "db.operation.name": "EVALSHA",
+            "db.redis.keys": len(keys),
+        }
+        with tracing.client_span("redis.evalsha", attributes):
+            return await self.redis.evalsha(DECIDE, tuple(keys), tuple(args))
 
     async def decide(
         self,
