@@ -222,9 +222,7 @@ class Tracing:
         an invalid ``traceparent`` is ignored, as if absent.
         """
         if traceparent is None:
-            if not self.sample_root():
-                return None
-            return self.tracer.start_span(name, kind=SpanKind.SERVER)
+            return self.start_root_span(name) if self.sample_root() else None
         carrier = {"traceparent": traceparent}
         if tracestate:
             carrier["tracestate"] = tracestate
@@ -237,6 +235,10 @@ class Tracing:
         elif not self._sample_child_of(parent):
             return None
         return self.tracer.start_span(name, context=context, kind=SpanKind.SERVER)
+
+    def start_root_span(self, name: str) -> Span:
+        """A SERVER span that starts a trace; the caller has sampled it (:meth:`sample_root`)."""
+        return self.tracer.start_span(name, kind=SpanKind.SERVER)
 
     def start_child_span(
         self, name: str, attributes: Mapping[str, AttributeValue], *, root: bool = False

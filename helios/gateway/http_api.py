@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, unquote_plus
 
@@ -49,6 +50,10 @@ _TRACED_ROUTES = {
 }
 _QUOTA_PREFIX = "/api/v1/quota/"
 _TRACED_QUOTA = ("helios.quota", "/api/v1/quota/{tenant}")
+# The span of the decision request being answered, when it is sampled. A
+# variable of Helios's own: reading it is several times cheaper than asking
+# OpenTelemetry for the current span, and the renderers read it on every request.
+_DECISION_SPAN: ContextVar[Span | None] = ContextVar("helios_decision_span", default=None)
 
 
 def error_body(status: int, message: str, field: str | None = None) -> bytes:
@@ -152,12 +157,22 @@ class HttpApi:
                 return await self(request)
             traced = _TRACED_QUOTA
         name, route = traced
-        span = self.tracing.start_server_span(
-            name, _header_text(request, b"traceparent"), _header_text(request, b"tracestate")
-        )
-        if span is None:
-            return await self(request)
+        traceparent = request.header(b"traceparent")
+        span: Span | None
+        if traceparent is None:
+            # The common case, decided with one random number.
+            if not self.tracing.sample_root():
+                return await self(request)
+            span = self.tracing.start_root_span(name)
+        else:
+            span = self.tracing.start_server_span(
+                name, traceparent.decode("latin-1"), _header_text(request, b"tracestate")
+            )
+            if span is None:
+                return await self(request)
+        # Current for OpenTelemetry too, so that Redis calls become its children.
         token = context.attach(trace.set_span_in_context(span))
+        noted = _DECISION_SPAN.set(span)
         try:
             response = await self(request)
         except BaseException as error:  # cancelled: the request was never answered
@@ -165,6 +180,7 @@ class HttpApi:
             span.end()
             raise
         finally:
+            _DECISION_SPAN.reset(noted)
             context.detach(token)
         status = response.status
         span.set_attributes(
@@ -456,7 +472,7 @@ def _header_text(request: Request, name: bytes) -> str | None:
     return None if value is None else value.decode("latin-1")
 
 
-# What the renderers tell the current span (only when it records: sampled).
+# What the renderers tell the span of a sampled decision request.
 
 
 def _result(decision: Decision) -> str:
@@ -465,13 +481,8 @@ def _result(decision: Decision) -> str:
     return "shadow_denied" if decision.allowed else "denied"
 
 
-def _recording_span() -> Span | None:
-    span = trace.get_current_span()
-    return span if span.is_recording() else None
-
-
 def _note_decision(tenant: str, resource: str, decision: Decision) -> None:
-    span = _recording_span()
+    span = _DECISION_SPAN.get()
     if span is not None:
         span.set_attributes(
             {
@@ -485,7 +496,7 @@ def _note_decision(tenant: str, resource: str, decision: Decision) -> None:
 
 
 def _note_quota(quota: Quota) -> None:
-    span = _recording_span()
+    span = _DECISION_SPAN.get()
     if span is not None:
         span.set_attributes(
             {
@@ -500,7 +511,7 @@ def _note_quota(quota: Quota) -> None:
 def _note_batch(checks: list[Check | HeliosError], decisions: list[Decision | HeliosError]) -> None:
     """A batch's span: its size, the tenant and resource if all checks share them,
     and the result of the worst check (error, then denied, then shadow_denied)."""
-    span = _recording_span()
+    span = _DECISION_SPAN.get()
     if span is None:
         return
     results = {_result(d) if isinstance(d, Decision) else "error" for d in decisions}
