@@ -31,6 +31,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/tracing.py
 	$(BIN)/python bench/grpc_bench.py
 	$(BIN)/python bench/redis_client.py
 	$(BIN)/python bench/core.py
