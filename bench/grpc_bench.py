@@ -120,7 +120,7 @@ async def _client_main(args: argparse.Namespace) -> dict[str, Any]:
         if args.method == "Allow":
             sample = {"allowed": first.allowed, "decisions": 1, "policy": first.policy}
         else:
-            decisions = [r.decision for r in first.results if r.WhichOneof("outcome") == "decision"]
+            decisions = [r for r in first.results if not r.HasField("error")]
             sample = {
                 "allowed": bool(decisions) and all(d.allowed for d in decisions),
                 "decisions": len(decisions),

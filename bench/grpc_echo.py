@@ -41,7 +41,6 @@ DECISION = pb.Decision(
     would_allow=True,
     window_seconds=1.0,
 )
-RESULT = pb.BatchResult(decision=DECISION)
 
 
 class EchoServicer(ratelimit_grpc.RateLimitServiceServicer):
@@ -61,7 +60,7 @@ class EchoServicer(ratelimit_grpc.RateLimitServiceServicer):
         size = len(message.checks)
         response = self._batches.get(size)
         if response is None:
-            response = self._batches[size] = pb.AllowBatchResponse(results=[RESULT] * size)
+            response = self._batches[size] = pb.AllowBatchResponse(results=[DECISION] * size)
         return response
 
     async def GetQuota(  # type: ignore[override]

@@ -76,7 +76,13 @@ class BucketTable:
         self, policy: Policy, tenant: str, resource: str, now_ns: int, cost: int
     ) -> Decision:
         """Decide one request and store the bucket's new state."""
-        key = bucket_key(tenant, resource)
+        return self.decide_key(policy, bucket_key(tenant, resource), now_ns, cost)
+
+    def decide_key(self, policy: Policy, key: bytes, now_ns: int, cost: int) -> Decision:
+        """Like :meth:`decide`, for the pair whose :func:`bucket_key` is ``key``.
+
+        A batch that names one pair many times encodes its key once.
+        """
         shard = self._shards[hash(key) & self._mask]
         state = shard.get(key)
         if state is None and self._size >= self.max_buckets and not self._free(shard, now_ns):

@@ -17,7 +17,7 @@ import trio
 from helios.backends.breaker import CircuitBreaker, CircuitState
 from helios.backends.memory import BucketTable
 from helios.core.decision import BandQuota, Decision, decide, inspect
-from helios.core.names import check_name
+from helios.core.names import bucket_key, check_name
 from helios.core.policy import Policy, PolicySet, validate_cost
 from helios.errors import BackendError, HeliosError, NotFound
 from helios.gateway.auth import KeyRing
@@ -367,15 +367,51 @@ class Gateway:
             else:
                 self.breaker.success()
 
-    def decide_batch(self, checks: list[Check], owner: str | None) -> list[Decision | HeliosError]:
-        """Decide each check in order, each on its own; an error answers only its check."""
+    def decide_batch(
+        self, checks: Sequence[tuple[object, object, int]], owner: str | None
+    ) -> list[Decision | HeliosError]:
+        """Decide each check in order, each on its own; an error answers only its check.
+
+        ``checks``: (tenant, resource, cost), as a :class:`Check` holds them.
+        A batch is one request, so it is decided at one instant: every check
+        sees the same clock reading, and what the checks before it spent.
+        Each distinct (tenant, resource) pair is validated and resolved once.
+        """
+        now_ns = self.clock.now_ns()
+        decide_key = self.table.decide_key
+        count = self._count
+        # (tenant, resource) as the checks give them -> (tenant, policy, bucket key).
+        resolved: dict[tuple[object, object], tuple[str, Policy, bytes]] = {}
         results: list[Decision | HeliosError] = []
-        for check in checks:
+        append = results.append
+        for tenant, resource, cost in checks:
+            pair = tenant, resource
             try:
-                results.append(self.decide(check, owner))
+                found = resolved.get(pair)
+            except TypeError:  # an unhashable name (from JSON), which validation rejects
+                found = None
+            try:
+                if found is None:
+                    found = resolved[pair] = self._resolve_key(tenant, resource, owner)
+                name, policy, key = found
+                if cost > policy.capacity:
+                    validate_cost(policy, cost)
+                decision = decide_key(policy, key, now_ns, cost)
             except HeliosError as error:
-                results.append(error)
+                append(error)
+                continue
+            count(decision, name)
+            append(decision)
         return results
+
+    def _resolve_key(
+        self, tenant: object, resource: object, owner: str | None
+    ) -> tuple[str, Policy, bytes]:
+        """The tenant, policy and bucket key of a pair, validated as :meth:`_validate` does."""
+        tenant = check_name(tenant, "tenant")
+        self.keys.permit(owner, tenant)
+        tenant, resource, policy = self.resolve(tenant, resource)
+        return tenant, policy, bucket_key(tenant, resource)
 
     def quota(self, tenant: object, resource: object, owner: str | None) -> Quota:
         """The current figures of a bucket, charging nothing."""

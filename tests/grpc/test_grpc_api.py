@@ -74,9 +74,11 @@ async def test_bearer_key_and_batch(purerpc_channel: Any) -> None:
     )
     reply = await stub.AllowBatch(batch, metadata=(("authorization", f"Bearer {API_KEY}"),))
     first, missing, third = reply.results
-    assert first.decision.allowed and first.decision.remaining == 1
+    assert first.allowed and first.remaining == 1 and not first.HasField("error")
     assert missing.error.code == "NOT_FOUND"
-    assert not third.decision.allowed
+    assert missing.error.field == "resource"
+    assert not missing.tenant and not missing.allowed
+    assert not third.allowed and not third.HasField("error")
 
 
 async def test_quota_charges_nothing(purerpc_channel: Any) -> None:
@@ -220,7 +222,7 @@ def _grpcio_calls(address: tuple[str, int], stubs: dict[str, ModuleType]) -> lis
             metadata=KEY,
             timeout=5,
         )
-        results.append(batch.results[0].decision.allowed)
+        results.append(batch.results[0].allowed)
         # Bytes that are not a message: INVALID_ARGUMENT, and the server goes on.
         raw = channel.unary_unary("/helios.v1.RateLimitService/Allow")
         try:

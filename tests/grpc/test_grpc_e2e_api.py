@@ -159,9 +159,11 @@ async def test_grpcio_client(grpc_helios: GrpcHeliosFactory, grpcio_stubs: Any) 
         (b["limit"], b["window"]) for b in http["bands"]
     ]
     first, missing, third = seen["batch"].results
-    assert first.decision.allowed and first.decision.remaining == 1
+    assert first.allowed and first.remaining == 1 and not first.HasField("error")
     assert missing.error.code == "NOT_FOUND"
-    assert not third.decision.allowed
+    assert missing.error.field == "resource"
+    assert not missing.tenant and not missing.allowed
+    assert not third.allowed and not third.HasField("error")
     assert process.http_quota("acme", "batch")["remaining"] == 1
     assert seen["codes"] == [
         grpc.StatusCode.UNAUTHENTICATED,
@@ -207,7 +209,7 @@ async def test_purerpc_client(grpc_helios: GrpcHeliosFactory) -> None:
             ),
             metadata=KEY,
         )
-        assert [r.decision.allowed for r in batch.results] == [True, False]
+        assert [r.allowed for r in batch.results] == [True, False]
         assert process.http_quota("acme", "batch")["remaining"] == 0
 
         assert await _code(stub.Allow(request)) == StatusCode.UNAUTHENTICATED

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19helios/v1/ratelimit.proto\x12\thelios.v1\">\n\x0c\x41llowRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x10\n\x08resource\x18\x02 \x01(\t\x12\x0c\n\x04\x63ost\x18\x03 \x01(\x04\"\x9a\x02\n\x08\x44\x65\x63ision\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x10\n\x08resource\x18\x03 \x01(\t\x12\x0e\n\x06policy\x18\x04 \x01(\t\x12\r\n\x05limit\x18\x05 \x01(\x04\x12\x11\n\tremaining\x18\x06 \x01(\x04\x12\x15\n\rreset_seconds\x18\x07 \x01(\x04\x12\x12\n\nreset_time\x18\x08 \x01(\x03\x12\x1b\n\x13retry_after_seconds\x18\t \x01(\x04\x12\x16\n\x0eretry_after_ms\x18\n \x01(\x04\x12\x0c\n\x04mode\x18\x0b \x01(\t\x12\x0e\n\x06shadow\x18\x0c \x01(\x08\x12\x13\n\x0bwould_allow\x18\r \x01(\x08\x12\x16\n\x0ewindow_seconds\x18\x0e \x01(\x01\"<\n\x11\x41llowBatchRequest\x12\'\n\x06\x63hecks\x18\x01 \x03(\x0b\x32\x17.helios.v1.AllowRequest\":\n\nCheckError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\"i\n\x0b\x42\x61tchResult\x12\'\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x13.helios.v1.DecisionH\x00\x12&\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x15.helios.v1.CheckErrorH\x00\x42\t\n\x07outcome\"=\n\x12\x41llowBatchResponse\x12\'\n\x07results\x18\x01 \x03(\x0b\x32\x16.helios.v1.BatchResult\"3\n\x0fGetQuotaRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x10\n\x08resource\x18\x02 \x01(\t\"l\n\tBandQuota\x12\r\n\x05limit\x18\x01 \x01(\x04\x12\x0e\n\x06window\x18\x02 \x01(\t\x12\x11\n\tremaining\x18\x03 \x01(\x04\x12\x15\n\rreset_seconds\x18\x04 \x01(\x04\x12\x16\n\x0ewindow_seconds\x18\x05 \x01(\x01\"\xdc\x01\n\x05Quota\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x10\n\x08resource\x18\x02 \x01(\t\x12\x0e\n\x06policy\x18\x03 \x01(\t\x12\x11\n\talgorithm\x18\x04 \x01(\t\x12\r\n\x05limit\x18\x05 \x01(\x04\x12\x11\n\tremaining\x18\x06 \x01(\x04\x12\x15\n\rreset_seconds\x18\x07 \x01(\x04\x12\x12\n\nreset_time\x18\x08 \x01(\x03\x12\x0e\n\x06shadow\x18\t \x01(\x08\x12\x0c\n\x04mode\x18\n \x01(\t\x12#\n\x05\x62\x61nds\x18\x0b \x03(\x0b\x32\x14.helios.v1.BandQuota2\xce\x01\n\x10RateLimitService\x12\x35\n\x05\x41llow\x12\x17.helios.v1.AllowRequest\x1a\x13.helios.v1.Decision\x12I\n\nAllowBatch\x12\x1c.helios.v1.AllowBatchRequest\x1a\x1d.helios.v1.AllowBatchResponse\x12\x38\n\x08GetQuota\x12\x1a.helios.v1.GetQuotaRequest\x1a\x10.helios.v1.Quotab\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19helios/v1/ratelimit.proto\x12\thelios.v1\">\n\x0c\x41llowRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x10\n\x08resource\x18\x02 \x01(\t\x12\x0c\n\x04\x63ost\x18\x03 \x01(\x04\"\xc0\x02\n\x08\x44\x65\x63ision\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x10\n\x08resource\x18\x03 \x01(\t\x12\x0e\n\x06policy\x18\x04 \x01(\t\x12\r\n\x05limit\x18\x05 \x01(\x04\x12\x11\n\tremaining\x18\x06 \x01(\x04\x12\x15\n\rreset_seconds\x18\x07 \x01(\x04\x12\x12\n\nreset_time\x18\x08 \x01(\x03\x12\x1b\n\x13retry_after_seconds\x18\t \x01(\x04\x12\x16\n\x0eretry_after_ms\x18\n \x01(\x04\x12\x0c\n\x04mode\x18\x0b \x01(\t\x12\x0e\n\x06shadow\x18\x0c \x01(\x08\x12\x13\n\x0bwould_allow\x18\r \x01(\x08\x12\x16\n\x0ewindow_seconds\x18\x0e \x01(\x01\x12$\n\x05\x65rror\x18\x0f \x01(\x0b\x32\x15.helios.v1.CheckError\"<\n\x11\x41llowBatchRequest\x12\'\n\x06\x63hecks\x18\x01 \x03(\x0b\x32\x17.helios.v1.AllowRequest\":\n\nCheckError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\":\n\x12\x41llowBatchResponse\x12$\n\x07results\x18\x01 \x03(\x0b\x32\x13.helios.v1.Decision\"3\n\x0fGetQuotaRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x10\n\x08resource\x18\x02 \x01(\t\"l\n\tBandQuota\x12\r\n\x05limit\x18\x01 \x01(\x04\x12\x0e\n\x06window\x18\x02 \x01(\t\x12\x11\n\tremaining\x18\x03 \x01(\x04\x12\x15\n\rreset_seconds\x18\x04 \x01(\x04\x12\x16\n\x0ewindow_seconds\x18\x05 \x01(\x01\"\xdc\x01\n\x05Quota\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x10\n\x08resource\x18\x02 \x01(\t\x12\x0e\n\x06policy\x18\x03 \x01(\t\x12\x11\n\talgorithm\x18\x04 \x01(\t\x12\r\n\x05limit\x18\x05 \x01(\x04\x12\x11\n\tremaining\x18\x06 \x01(\x04\x12\x15\n\rreset_seconds\x18\x07 \x01(\x04\x12\x12\n\nreset_time\x18\x08 \x01(\x03\x12\x0e\n\x06shadow\x18\t \x01(\x08\x12\x0c\n\x04mode\x18\n \x01(\t\x12#\n\x05\x62\x61nds\x18\x0b \x03(\x0b\x32\x14.helios.v1.BandQuota2\xce\x01\n\x10RateLimitService\x12\x35\n\x05\x41llow\x12\x17.helios.v1.AllowRequest\x1a\x13.helios.v1.Decision\x12I\n\nAllowBatch\x12\x1c.helios.v1.AllowBatchRequest\x1a\x1d.helios.v1.AllowBatchResponse\x12\x38\n\x08GetQuota\x12\x1a.helios.v1.GetQuotaRequest\x1a\x10.helios.v1.Quotab\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,21 +34,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ALLOWREQUEST']._serialized_start=40
   _globals['_ALLOWREQUEST']._serialized_end=102
   _globals['_DECISION']._serialized_start=105
-  _globals['_DECISION']._serialized_end=387
-  _globals['_ALLOWBATCHREQUEST']._serialized_start=389
-  _globals['_ALLOWBATCHREQUEST']._serialized_end=449
-  _globals['_CHECKERROR']._serialized_start=451
-  _globals['_CHECKERROR']._serialized_end=509
-  _globals['_BATCHRESULT']._serialized_start=511
-  _globals['_BATCHRESULT']._serialized_end=616
-  _globals['_ALLOWBATCHRESPONSE']._serialized_start=618
-  _globals['_ALLOWBATCHRESPONSE']._serialized_end=679
-  _globals['_GETQUOTAREQUEST']._serialized_start=681
-  _globals['_GETQUOTAREQUEST']._serialized_end=732
-  _globals['_BANDQUOTA']._serialized_start=734
-  _globals['_BANDQUOTA']._serialized_end=842
-  _globals['_QUOTA']._serialized_start=845
-  _globals['_QUOTA']._serialized_end=1065
-  _globals['_RATELIMITSERVICE']._serialized_start=1068
-  _globals['_RATELIMITSERVICE']._serialized_end=1274
+  _globals['_DECISION']._serialized_end=425
+  _globals['_ALLOWBATCHREQUEST']._serialized_start=427
+  _globals['_ALLOWBATCHREQUEST']._serialized_end=487
+  _globals['_CHECKERROR']._serialized_start=489
+  _globals['_CHECKERROR']._serialized_end=547
+  _globals['_ALLOWBATCHRESPONSE']._serialized_start=549
+  _globals['_ALLOWBATCHRESPONSE']._serialized_end=607
+  _globals['_GETQUOTAREQUEST']._serialized_start=609
+  _globals['_GETQUOTAREQUEST']._serialized_end=660
+  _globals['_BANDQUOTA']._serialized_start=662
+  _globals['_BANDQUOTA']._serialized_end=770
+  _globals['_QUOTA']._serialized_start=773
+  _globals['_QUOTA']._serialized_end=993
+  _globals['_RATELIMITSERVICE']._serialized_start=996
+  _globals['_RATELIMITSERVICE']._serialized_end=1202
 # @@protoc_insertion_point(module_scope)

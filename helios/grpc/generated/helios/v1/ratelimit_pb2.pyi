@@ -17,7 +17,7 @@ class AllowRequest(_message.Message):
     def __init__(self, tenant: _Optional[str] = ..., resource: _Optional[str] = ..., cost: _Optional[int] = ...) -> None: ...
 
 class Decision(_message.Message):
-    __slots__ = ("allowed", "tenant", "resource", "policy", "limit", "remaining", "reset_seconds", "reset_time", "retry_after_seconds", "retry_after_ms", "mode", "shadow", "would_allow", "window_seconds")
+    __slots__ = ("allowed", "tenant", "resource", "policy", "limit", "remaining", "reset_seconds", "reset_time", "retry_after_seconds", "retry_after_ms", "mode", "shadow", "would_allow", "window_seconds", "error")
     ALLOWED_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +32,7 @@ class Decision(_message.Message):
     SHADOW_FIELD_NUMBER: _ClassVar[int]
     WOULD_ALLOW_FIELD_NUMBER: _ClassVar[int]
     WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     allowed: bool
     tenant: str
     resource: str
@@ -46,7 +47,8 @@ class Decision(_message.Message):
     shadow: bool
     would_allow: bool
     window_seconds: float
-    def __init__(self, allowed: _Optional[bool] = ..., tenant: _Optional[str] = ..., resource: _Optional[str] = ..., policy: _Optional[str] = ..., limit: _Optional[int] = ..., remaining: _Optional[int] = ..., reset_seconds: _Optional[int] = ..., reset_time: _Optional[int] = ..., retry_after_seconds: _Optional[int] = ..., retry_after_ms: _Optional[int] = ..., mode: _Optional[str] = ..., shadow: _Optional[bool] = ..., would_allow: _Optional[bool] = ..., window_seconds: _Optional[float] = ...) -> None: ...
+    error: CheckError
+    def __init__(self, allowed: _Optional[bool] = ..., tenant: _Optional[str] = ..., resource: _Optional[str] = ..., policy: _Optional[str] = ..., limit: _Optional[int] = ..., remaining: _Optional[int] = ..., reset_seconds: _Optional[int] = ..., reset_time: _Optional[int] = ..., retry_after_seconds: _Optional[int] = ..., retry_after_ms: _Optional[int] = ..., mode: _Optional[str] = ..., shadow: _Optional[bool] = ..., would_allow: _Optional[bool] = ..., window_seconds: _Optional[float] = ..., error: _Optional[_Union[CheckError, _Mapping]] = ...) -> None: ...
 
 class AllowBatchRequest(_message.Message):
     __slots__ = ("checks",)
@@ -64,19 +66,11 @@ class CheckError(_message.Message):
     field: str
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., field: _Optional[str] = ...) -> None: ...
 
-class BatchResult(_message.Message):
-    __slots__ = ("decision", "error")
-    DECISION_FIELD_NUMBER: _ClassVar[int]
-    ERROR_FIELD_NUMBER: _ClassVar[int]
-    decision: Decision
-    error: CheckError
-    def __init__(self, decision: _Optional[_Union[Decision, _Mapping]] = ..., error: _Optional[_Union[CheckError, _Mapping]] = ...) -> None: ...
-
 class AllowBatchResponse(_message.Message):
     __slots__ = ("results",)
     RESULTS_FIELD_NUMBER: _ClassVar[int]
-    results: _containers.RepeatedCompositeFieldContainer[BatchResult]
-    def __init__(self, results: _Optional[_Iterable[_Union[BatchResult, _Mapping]]] = ...) -> None: ...
+    results: _containers.RepeatedCompositeFieldContainer[Decision]
+    def __init__(self, results: _Optional[_Iterable[_Union[Decision, _Mapping]]] = ...) -> None: ...
 
 class GetQuotaRequest(_message.Message):
     __slots__ = ("tenant", "resource")
