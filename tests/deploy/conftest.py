@@ -20,7 +20,12 @@ for _directory in (_TESTS / "e2e", _TESTS / "redis"):
         sys.path.insert(0, str(_directory))
 
 from deploy_support import start_gateway  # noqa: E402
-from e2e_support import HeliosProcess, assert_stopped_cleanly  # noqa: E402
+from e2e_support import (  # noqa: E402
+    HeliosProcess,
+    assert_stopped_cleanly,
+    free_ports,
+    start_helios,
+)
 from redis_servers import (  # noqa: E402
     RedisServer,
     redis_server_factory,  # noqa: F401 - a fixture, found by pytest by name
@@ -40,6 +45,30 @@ def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., HeliosProcess]]:
         if redis_url is not None:
             settings = {"HELIOS_GATEWAY_MODE": "strong", "HELIOS_REDIS_URL": redis_url}
         helios = start_gateway(tmp_path / f"helios-{len(started)}", settings)
+        started.append(helios)
+        return helios
+
+    yield start
+
+    codes = [(helios, helios.stop()) for helios in started]
+    for helios, code in codes:
+        assert_stopped_cleanly(helios, code)
+
+
+@pytest.fixture
+def control_factory(tmp_path: Path) -> Iterator[Callable[..., HeliosProcess]]:
+    """Starts ``helios --role control``, its metrics on ``metrics_port``; each must exit 0."""
+    started: list[HeliosProcess] = []
+
+    def start() -> HeliosProcess:
+        (metrics_port,) = free_ports(1)
+        helios = start_helios(
+            tmp_path / f"control-{len(started)}",
+            role="control",
+            settings={"HELIOS_CONTROL_METRICS_PORT": str(metrics_port)},
+        )
+        # The control role has no gateway metrics: its metrics port is the control plane's.
+        helios.metrics_port = metrics_port
         started.append(helios)
         return helios
 

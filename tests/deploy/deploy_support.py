@@ -56,6 +56,8 @@ def start_gateway(directory: Path, settings: Mapping[str, str]) -> HeliosProcess
         "HELIOS_METRICS_HOST": "127.0.0.1",
         "HELIOS_ALLOWED_API_KEYS": API_KEY,
         "HELIOS_POLICY_FILE": str(policy_file),
+        # As in the demo: the dashboard reads the tenant-labelled metrics.
+        "HELIOS_METRICS_TENANT_LABELS": "true",
         **settings,
     }
     # A port taken by someone else between picking and binding: try others.

@@ -1,9 +1,10 @@
-"""A real Prometheus scraping a real gateway, and the demo's Prometheus configuration.
+"""A real Prometheus scraping a real gateway and control plane, and the demo's configuration.
 
-The test starts ``helios --role gateway`` and ``prometheus`` on free loopback
-ports, with a scrape every second, makes decisions, then asks Prometheus's
-HTTP API until the counters it stored equal the decisions made. Then every
-query of the Grafana dashboard runs against it: each must be valid PromQL.
+The test starts ``helios --role gateway``, ``helios --role control`` and
+``prometheus`` on free loopback ports, with a scrape every second, makes
+decisions, then asks Prometheus's HTTP API until the counters it stored equal
+the decisions made. Then every query of the Grafana dashboard runs against
+it: each must be valid PromQL.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 from deploy_support import DEPLOY, dashboard, expressions, make_decisions, promql
-from e2e_support import HeliosProcess, free_ports
+from e2e_support import ADMIN_KEY, HeliosProcess, free_ports
 
 pytestmark = pytest.mark.slow
 
@@ -31,11 +32,6 @@ START_TIMEOUT_SECONDS = 15.0
 STOP_TIMEOUT_SECONDS = 10.0
 # From the last decision until Prometheus holds its count: a few scrapes.
 CONVERGE_TIMEOUT_SECONDS = 10.0
-
-# The control plane's metrics listener (control.metrics_port): add a running
-# control process's "127.0.0.1:<port>" here once `helios --role control` serves
-# /metrics, and the test scrapes it as the job helios-control, as the demo does.
-CONTROL_PLANE_TARGETS: list[str] = []
 
 
 @dataclass
@@ -69,10 +65,12 @@ class Prometheus:
         return float(result[0]["value"][1])
 
 
-def scrape_config(gateway: HeliosProcess) -> str:
-    jobs = [("helios-gateway", [f"127.0.0.1:{gateway.metrics_port}"])]
-    if CONTROL_PLANE_TARGETS:
-        jobs.append(("helios-control", CONTROL_PLANE_TARGETS))
+def scrape_config(gateway: HeliosProcess, control: HeliosProcess) -> str:
+    """Both roles' metrics listeners, under the demo's job names."""
+    jobs = [
+        ("helios-gateway", [f"127.0.0.1:{gateway.metrics_port}"]),
+        ("helios-control", [f"127.0.0.1:{control.metrics_port}"]),
+    ]
     lines = [
         "global:",
         f"  scrape_interval: {SCRAPE_INTERVAL}",
@@ -167,17 +165,22 @@ def wait_for(prometheus: Prometheus, what: str, check: Callable[[], bool], timeo
 
 
 def test_prometheus_counts_the_decisions_of_a_gateway(
-    gateway_factory: Callable[..., HeliosProcess], tmp_path: Path
+    gateway_factory: Callable[..., HeliosProcess],
+    control_factory: Callable[..., HeliosProcess],
+    tmp_path: Path,
 ) -> None:
     gateway = gateway_factory()
-    with running_prometheus(tmp_path / "prometheus", scrape_config(gateway)) as prometheus:
-        # The target is up before any decision: the counts must then move from 0.
-        wait_for(
-            prometheus,
-            "the gateway as an up target",
-            lambda: prometheus.value('up{job="helios-gateway"}') == 1,
-            START_TIMEOUT_SECONDS,
-        )
+    control = control_factory()
+    config = scrape_config(gateway, control)
+    with running_prometheus(tmp_path / "prometheus", config) as prometheus:
+        # The targets are up before any decision: the counts must then move from 0.
+        for job in ("helios-gateway", "helios-control"):
+            wait_for(
+                prometheus,
+                f"{job} as an up target",
+                lambda job=job: prometheus.value(f'up{{job="{job}"}}') == 1,
+                START_TIMEOUT_SECONDS,
+            )
         assert prometheus.value('sum(helios_rate_limits_total{result="allowed"})') == 0
 
         allowed, denied = make_decisions(gateway)
@@ -192,6 +195,15 @@ def test_prometheus_counts_the_decisions_of_a_gateway(
             prometheus, f"{allowed} allowed and {denied} denied", counted, CONVERGE_TIMEOUT_SECONDS
         )
         assert prometheus.value('sum(helios_rate_limits_total{result="shadow_denied"})') == 0
+        # By tenant: one tenant, so its series and "other" hold every decision.
+        wait_for(
+            prometheus,
+            f"{denied} denied by tenant",
+            lambda: (
+                prometheus.value('sum(helios_tenant_rate_limits_total{result="denied"})') == denied
+            ),
+            CONVERGE_TIMEOUT_SECONDS,
+        )
         assert prometheus.value('sum(helios_requests_total{route="/allow",code="429"})') == float(
             denied
         )
@@ -212,6 +224,24 @@ def test_prometheus_counts_the_decisions_of_a_gateway(
         assert [series["metric"]["instance"] for series in revisions] == [
             f"127.0.0.1:{gateway.metrics_port}"
         ]
+
+        # The control plane: its store, and its requests by route.
+        assert prometheus.value('helios_control_store_up{job="helios-control"}') == 1
+        with httpx.Client(base_url=control.control_url, timeout=5.0) as admin:
+            for _ in range(3):
+                listed = admin.get("/v1/tenants", headers={"X-API-Key": ADMIN_KEY})
+                assert listed.status_code == 200
+        wait_for(
+            prometheus,
+            "the control plane's requests",
+            lambda: (
+                prometheus.value(
+                    'sum(helios_control_requests_total{route="/v1/tenants",code="200"})'
+                )
+                == 3
+            ),
+            CONVERGE_TIMEOUT_SECONDS,
+        )
 
 
 def test_the_demo_configuration_is_valid_for_prometheus(tmp_path: Path) -> None:
