@@ -21,7 +21,7 @@ run: $(STAMP)
 	@echo "Helios on http://127.0.0.1:8080 (gRPC on :9080, metrics on :2112) with the demo API key '$(DEMO_KEY)';"
 	@echo "its control plane on http://127.0.0.1:8081 (gRPC on :9081) with the demo admin key '$(DEMO_ADMIN_KEY)'."
 	@echo "Try: curl 'http://127.0.0.1:8080/allow?tenant=acme&resource=demo&cost=1&api_key=$(DEMO_KEY)'"
-	HELIOS_ALLOWED_API_KEYS=$(DEMO_KEY) HELIOS_ADMIN_API_KEYS=$(DEMO_ADMIN_KEY) $(BIN)/helios --role all
+	@HELIOS_ALLOWED_API_KEYS=$(DEMO_KEY) HELIOS_ADMIN_API_KEYS=$(DEMO_ADMIN_KEY) $(BIN)/helios --role all
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -176,13 +176,22 @@ def read_policy(path: str) -> dict[str, Any]:
     return document
 
 
+def _segment(name: str) -> str:
+    """``name`` as one path segment: every reserved character, and dots, escaped.
+
+    A name like ``..`` or ``a/../b`` must reach the server as a name, never
+    be resolved by the HTTP client into another path.
+    """
+    return quote(name, safe="").replace(".", "%2E")
+
+
 def _tenant_path(tenant: str) -> str:
-    return f"/v1/tenants/{quote(tenant, safe='*')}"
+    return f"/v1/tenants/{_segment(tenant)}"
 
 
 def _policy_path(tenant: str, resource: str) -> str:
     # '/' and '=' stay as they are: resources such as key1=value1/key2=value2.
-    return f"{_tenant_path(tenant)}/policies/{quote(resource, safe='/=*:')}"
+    return f"{_tenant_path(tenant)}/policies/{_segment(resource)}"
 
 
 class _Admin:

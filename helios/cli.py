@@ -17,9 +17,11 @@ from helios.logs import configure_logging
 
 _DESCRIPTION = """\
 Helios answers one question for API gateways and services: may tenant T spend
-COST units of resource R now? Roles: `gateway` decides (HTTP on 8080, metrics
-on 2112); `all` runs the gateway with its embedded policy store, needing no
-Redis and no etcd.
+COST units of resource R now? Roles: `gateway` decides (HTTP on 8080, gRPC
+on 9080, metrics on 2112) with the policies and keys of its store (etcd, or
+the embedded file store); `control` manages tenants, policies and API keys in
+that store (REST on 8081, gRPC on 9081, metrics on 2113); `all` runs both in
+one process on the embedded store, needing no Redis and no etcd.
 
 Settings come from --config FILE (TOML), then environment variables
 (HELIOS_<SECTION>_<KEY>, e.g. HELIOS_HTTP_PORT), then flags; later ones win.
@@ -27,7 +29,8 @@ Settings come from --config FILE (TOML), then environment variables
 
 _EPILOG = """\
 examples:
-  HELIOS_ALLOWED_API_KEYS=test-key helios --role all
+  HELIOS_ALLOWED_API_KEYS=test-key HELIOS_ADMIN_API_KEYS=admin-key helios --role all
+  HELIOS_ETCD_ENDPOINTS=http://etcd:2379 HELIOS_ADMIN_API_KEYS=... helios --role control
   helios --role gateway --config /etc/helios/helios.toml --policies policies.toml
   helios --role all --set http.port=9000 --set gateway.max_buckets=100000
 
@@ -48,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--role", choices=ROLES, help="what this process runs (default: all)")
     parser.add_argument("--config", metavar="FILE", help="TOML configuration file (HELIOS_CONFIG)")
     parser.add_argument(
-        "--policies", metavar="FILE", help="embedded policy file (HELIOS_POLICY_FILE)"
+        "--policies", metavar="FILE", help="policy file, watched (HELIOS_POLICIES_FILE)"
     )
     parser.add_argument("--mode", choices=("fast", "strong"), help="gateway consistency mode")
     parser.add_argument("--http-host", metavar="HOST", help="data-plane HTTP host")

@@ -78,6 +78,8 @@ def _description(value: object) -> str:
 def check_tenant_name(value: object) -> str:
     """A tenant name: a name, or a prefix pattern ending in ``*`` (``*`` alone: every tenant)."""
     name = check_name(value, "tenant")
+    if name in (".", ".."):
+        raise InvalidRequest(f"tenant must not be {name!r} (a path segment)", field="tenant")
     if "/" in name:
         # Tenants are addressed by path (/v1/tenants/<tenant>), where a "/" cannot be told
         # from a separator once proxies and servers have decoded the path.
@@ -90,6 +92,11 @@ def check_tenant_name(value: object) -> str:
 
 def check_resource_pattern(value: object) -> str:
     name = check_name(value, "resource")
+    if any(part in (".", "..") for part in name.split("/")):
+        # Paths with dot segments are rewritten by HTTP clients and proxies.
+        raise InvalidRequest(
+            f"resource must not have '.' or '..' between slashes, got {name!r}", field="resource"
+        )
     try:
         return check_pattern(name, "resource")
     except PolicyError as error:
@@ -152,6 +159,8 @@ class ControlPlane:
     async def update_tenant(
         self, name: object, description: object, *, expected_revision: int | None = None
     ) -> Tenant:
+        if description is None:
+            raise InvalidRequest("description is required (a string)", field="description")
         current = await self.get_tenant(name)
         self._expect(current.revision, expected_revision, f"tenant {current.name!r}")
         text = _description(description)
@@ -218,6 +227,10 @@ class ControlPlane:
         existing = await self.store.get(key)
         read_revision = existing.mod_revision if existing is not None else 0
         where = f"policy {current.name}/{resource}"
+        if expected_revision == 0 and read_revision:
+            raise AlreadyExists(
+                f"{where} already exists (revision {read_revision})", field="revision"
+            )
         if expected_revision is not None and expected_revision != read_revision:
             raise self._conflict(where, read_revision)
         revision = await self.store.commit(

@@ -20,7 +20,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote_to_bytes
 
 import hypercorn.logging
 import hypercorn.trio
@@ -46,7 +46,7 @@ from helios.errors import (
     Unauthenticated,
 )
 from helios.gateway.auth import KeyRing
-from helios.gateway.http_api import error_body
+from helios.gateway.http_api import error_body, parse_json_object
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
@@ -107,6 +107,19 @@ def create_app(
     app.register_error_handler(http_errors.HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
     return app
+
+
+def _check_path() -> None:
+    """Refuse a path that does not decode to text: names in it would be mangled."""
+    raw = request.scope.get("raw_path") or request.path.encode()
+    try:
+        path = unquote_to_bytes(raw.decode("ascii")).decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest(
+            "the path is not valid UTF-8 once percent-decoded", field="path"
+        ) from None
+    if any(ord(char) < 0x20 or char == "\x7f" for char in path):
+        raise InvalidRequest("the path must not contain control characters", field="path")
 
 
 async def _note_route(*_: Any) -> None:
@@ -258,6 +271,7 @@ class _Api:
                 "this is a tenant's API key; the control plane needs an admin key",
                 field="api_key",
             )
+        _check_path()
         if request.endpoint is not None:
             _check_query(self.query_fields.get(request.endpoint, frozenset()))
 
@@ -442,12 +456,7 @@ async def _body(fields: frozenset[str], *, required: bool) -> dict[str, Any]:
     data = await request.get_data(cache=False, as_text=False)
     if not data.strip() and not required:
         return {}
-    try:
-        document = json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        document = None
-    if not isinstance(document, dict):
-        raise InvalidRequest("body must be a JSON object", field="body")
+    document = parse_json_object(data if isinstance(data, bytes) else data.encode())
     unknown = sorted(set(document) - fields)
     if unknown:
         raise InvalidRequest(

@@ -15,7 +15,7 @@ import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from helios.core.windows import format_window, parse_window
+from helios.core.windows import format_window, parse_window, shown
 from helios.errors import InvalidRequest, PolicyError
 
 ALGORITHMS = ("token_bucket", "fixed_window", "sliding_window")
@@ -227,7 +227,7 @@ def _band(raw: object, algorithm: str, where: str) -> Band:
     seconds, unit = parse_window(raw["window"], calendar=calendar, field=f"{where}.window")
 
     burst = limit
-    if "burst" in raw:
+    if raw.get("burst") is not None:
         if algorithm != "token_bucket":
             raise PolicyError(
                 f"{where}.burst applies only to token_bucket, not {algorithm}", field="burst"
@@ -241,7 +241,7 @@ def _count(value: object, field: str, name: str) -> int:
         raise PolicyError(f"{field} is required", field=name)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_LIMIT:
         raise PolicyError(
-            f"{field} must be an integer from 1 to {MAX_LIMIT}, got {value!r}", field=name
+            f"{field} must be an integer from 1 to {MAX_LIMIT}, got {shown(value)}", field=name
         )
     return value
 

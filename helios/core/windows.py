@@ -7,6 +7,7 @@ to real UTC calendar boundaries. Calendar weeks start on Monday (ISO 8601).
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from datetime import UTC, datetime, timedelta
@@ -67,12 +68,24 @@ def parse_window(
     return seconds, None
 
 
+# A number of seconds written as text ("60", "0.5").
+_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+
+
+def shown(value: object) -> str:
+    """A value as an error message shows it: as JSON when it is JSON (``true``, ``null``)."""
+    try:
+        return json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
 def _window_seconds(value: object, field: str) -> float:
     if isinstance(value, bool):
-        raise PolicyError(f"{field} must be a duration, got {value!r}", field="window")
+        raise PolicyError(f"{field} must be a duration, got {shown(value)}", field="window")
     if isinstance(value, (int, float)):
         if not math.isfinite(value):
-            raise PolicyError(f"{field} must be finite, got {value!r}", field="window")
+            raise PolicyError(f"{field} must be finite, got {shown(value)}", field="window")
         return float(value)
     if isinstance(value, str):
         if value in _WORD_SECONDS:
@@ -85,9 +98,11 @@ def _window_seconds(value: object, field: str) -> float:
         match = _DURATION.fullmatch(value)
         if match:
             return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        if _SECONDS.fullmatch(value):
+            return float(value)
     raise PolicyError(
-        f"{field} must be seconds or a duration like '500ms', '10s', '1m', '1h', '1d',"
-        f" '1w', got {value!r}",
+        f"{field} must be a number of seconds or a duration like '500ms', '10s', '1m',"
+        f" '1h', '1d', '1w', got {shown(value)}",
         field="window",
     )
 

@@ -234,7 +234,7 @@ class HttpApi:
         params = parse_query(request.query)
         owner = self.gateway.identify(_api_key(request, params))
         if request.method == "POST" and request.body.strip():
-            document = _json_object(request.body)
+            document = parse_json_object(request.body)
             check = Check(
                 tenant=document.get("tenant"),
                 resource=document.get("resource", "default"),
@@ -261,7 +261,7 @@ class HttpApi:
     def _batch_request(self, request: Request) -> tuple[str | None, list[Check | HeliosError]]:
         params = parse_query(request.query)
         owner = self.gateway.identify(_api_key(request, params))
-        document = _json_object(request.body)
+        document = parse_json_object(request.body)
         raw_checks = document.get("checks")
         if not isinstance(raw_checks, list) or not raw_checks:
             raise InvalidRequest("checks must be a non-empty list", field="checks")
@@ -439,7 +439,8 @@ class HttpApi:
         )
 
 
-def _json_object(body: bytes) -> dict[str, object]:
+def parse_json_object(body: bytes) -> dict[str, object]:
+    """The JSON object in a request body; errors say what is wrong with it."""
     try:
         document = json.loads(body)
     except (ValueError, UnicodeDecodeError):

@@ -191,3 +191,22 @@ def test_helios_help_points_at_admin(capsys: pytest.CaptureFixture[str]) -> None
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "helios admin --help" in capsys.readouterr().out
+
+
+async def test_dot_segments_stay_names_and_never_reach_another_tenant(
+    control: tuple[str, MemoryStore], capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, store = control
+    for tenant in ("victim", "globex"):
+        assert await admin(url, "tenants", "create", tenant) == 0
+    capsys.readouterr()
+    revision = store.revision
+    # The server refuses such names; the command line must not turn them into
+    # another path that the server would accept.
+    assert await admin(url, "policies", "delete", "globex", "../../victim") == 1
+    assert "'.' or '..'" in capsys.readouterr().err
+    assert await admin(url, "tenants", "show", "..") == 1
+    assert "must not be '..'" in capsys.readouterr().err
+    assert await admin(url, "policies", "show", "globex", ".") == 1
+    assert store.revision == revision
+    assert await admin(url, "tenants", "show", "victim") == 0

@@ -185,11 +185,11 @@ async def test_creating_a_tenant_twice_is_409(api: Api, store: CountingStore) ->
 @pytest.mark.parametrize(
     ("body", "field", "words"),
     [
-        (b"{not json", "body", "body must be a JSON object"),
-        (b"[1, 2]", "body", "body must be a JSON object"),
-        (b"", "body", "body must be a JSON object"),
-        (b'"acme"', "body", "body must be a JSON object"),
-        (b"\xff\xfe", "body", "body must be a JSON object"),
+        (b"{not json", "body", "the request body is not valid JSON"),
+        (b"[1, 2]", "body", "the request body must be a JSON object"),
+        (b"", "body", "the request body is not valid JSON"),
+        (b'"acme"', "body", "the request body must be a JSON object"),
+        (b"\xff\xfe", "body", "the request body is not valid JSON"),
         (b"{}", "name", "name is required"),
         (b'{"name": "acme", "colour": "red", "age": 3}', "age", "age, colour"),
         (b'{"name": 7}', "tenant", "tenant"),
@@ -554,3 +554,30 @@ async def test_the_access_log_shows_no_query_and_escapes_the_path(
     assert "secret-looking" not in "".join(messages)
     assert "\n" not in messages[1]
     assert "/v1/tenants/a%0Ab" in messages[1]
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/v1/tenants/..", "tenant"),
+        ("/v1/tenants/acme/policies/a%2F..%2Fb", "resource"),
+    ],
+)
+async def test_dot_segments_are_400(api: Api, store: CountingStore, path: str, field: str) -> None:
+    await _seed(api)
+    revision = store.revision
+    answer = await api("PUT" if "policies" in path else "POST", path, POLICY)
+    if "policies" not in path:
+        answer = await api("GET", path, None)
+    assert answer.status == 400, answer.body
+    assert answer.body["field"] == field
+    assert store.revision == revision
+
+
+async def test_patch_without_a_description_changes_nothing(api: Api, store: CountingStore) -> None:
+    await api("POST", "/v1/tenants", {"name": "keep", "description": "Keep me"})
+    for body in ({}, {"description": None}):
+        answer = await api("PATCH", "/v1/tenants/keep", body)
+        assert answer.status == 400, answer.body
+        assert answer.body["field"] == "description"
+    assert (await api("GET", "/v1/tenants/keep", None)).body["description"] == "Keep me"

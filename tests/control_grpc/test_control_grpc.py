@@ -279,8 +279,6 @@ async def test_stale_expected_revision_is_aborted(control: Control) -> None:
             "PutPolicy",
             put("acme", "search", ONE_PER_SECOND, expected_revision=tenant.revision),
         ),
-        # 0: only if there is no policy yet.
-        ("PutPolicy", put("acme", "search", ONE_PER_SECOND, expected_revision=0)),
         (
             "DeletePolicy",
             pb.DeletePolicyRequest(
@@ -294,6 +292,12 @@ async def test_stale_expected_revision_is_aborted(control: Control) -> None:
         assert "was changed by someone else" in message
         now = revision if "Tenant" in method else put_reply.policy.revision
         assert f"(now at revision {now})" in message
+    # 0: only if there is no policy yet.
+    code, message = await control.fail(
+        "PutPolicy", put("acme", "search", ONE_PER_SECOND, expected_revision=0)
+    )
+    assert code == Code.ALREADY_EXISTS
+    assert "already exists" in message
     assert control.store.revision == revision
 
     # 0 creates a policy that does not exist yet.
@@ -386,7 +390,7 @@ INVALID = [
     pytest.param(
         pb.Policy(bands=[pb.Band(limit=1, window="fortnight")]),
         {"bands": [{"limit": 1, "window": "fortnight"}]},
-        "policy.bands[0].window must be seconds or a duration like",
+        "policy.bands[0].window must be a number of seconds or a duration like",
         id="unparsable window",
     ),
     pytest.param(

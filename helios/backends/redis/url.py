@@ -75,7 +75,8 @@ class RedisTarget:
 def redact(url: str) -> str:
     """``url`` with its password, if any, replaced by ``***``."""
     redacted = _PASSWORD.sub(r"\1***@", url)
-    return re.sub(r"(sentinel_password=)[^&#]*", r"\1***", redacted)
+    # A password may also come as a query parameter, rightly or by mistake.
+    return re.sub(r"((?:^|[?&])(?:sentinel_)?password=)[^&#]*", r"\1***", redacted)
 
 
 def parse_redis_url(url: str) -> RedisTarget:
