@@ -113,10 +113,6 @@ async def test_error_codes(purerpc_channel: Any) -> None:
     assert (await stub.Allow(good, metadata=KEY)).allowed
 
 
-@pytest.mark.skip(reason="PERMISSION_DENIED needs tenant-bound keys, not issued yet")
-async def test_permission_denied() -> None: ...
-
-
 # Envoy RLS
 
 
