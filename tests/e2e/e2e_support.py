@@ -41,7 +41,8 @@ START_TIMEOUT_SECONDS = 15.0
 STOP_TIMEOUT_SECONDS = 10.0
 
 # Environment prefixes that configure helios; the tests' own environment must not leak in.
-_CONFIG_PREFIXES = ("HELIOS_", "GATEWAY_")
+# Settings of a helios process: Helios's own, and OpenTelemetry's tracing variables.
+_CONFIG_PREFIXES = ("HELIOS_", "GATEWAY_", "OTEL_")
 
 
 def free_ports(count: int) -> list[int]:
