@@ -349,7 +349,9 @@ async def _start_gateway(
     )
     runtime.addresses["http"] = listeners[0].socket.getsockname()[:2]
     if config.grpc.enabled:
-        grpc_server = GrpcServer(gateway, max_batch_checks=config.gateway.max_batch_checks)
+        grpc_server = GrpcServer(
+            gateway, max_batch_checks=config.gateway.max_batch_checks, tracing=runtime.tracing
+        )
         runtime.grpc_servers.append(grpc_server)
         # gRPC clients insist on negotiating HTTP/2 through ALPN.
         grpc_tls = _tls_context(config, alpn=["h2"])

@@ -25,6 +25,7 @@ import anyio.abc
 import trio
 from anyio.streams.tls import TLSListener
 from google.protobuf.message import DecodeError
+from opentelemetry import context, trace
 from purerpc import Server, Service
 from purerpc.grpc_proto import GRPCProtoSocket, GRPCProtoStream
 from purerpc.grpclib.exceptions import RpcFailedError
@@ -35,6 +36,7 @@ from helios.core.decision import Decision
 from helios.core.names import MAX_COST, check_name
 from helios.errors import HeliosError, InvalidRequest
 from helios.gateway.service import Check, Gateway, Quota
+from helios.gateway.spans import DECISION_SPAN, note_decision, note_outcomes, note_quota
 from helios.grpc import envoy
 from helios.grpc.generated.envoy.service.ratelimit.v3 import rls_grpc
 from helios.grpc.generated.envoy.service.ratelimit.v3.rls_pb2 import (
@@ -43,6 +45,7 @@ from helios.grpc.generated.envoy.service.ratelimit.v3.rls_pb2 import (
 )
 from helios.grpc.generated.helios.v1 import ratelimit_grpc
 from helios.grpc.generated.helios.v1 import ratelimit_pb2 as pb
+from helios.tracing import Tracing, failed
 
 log = logging.getLogger("helios.grpc")
 
@@ -212,9 +215,22 @@ def quota_message(quota: Quota) -> pb.Quota:
 
 
 class _Calls:
-    """Runs each call: the client's deadline, and errors as gRPC statuses."""
+    """Runs each call: the client's deadline, errors as gRPC statuses, and its span.
+
+    With tracing on, a sampled call gets a SERVER span (``helios.decide``, or
+    ``helios.quota`` for GetQuota) whose parent comes from the ``traceparent``
+    metadata; the servicers note the decision on it (see helios.gateway.spans).
+    """
+
+    def __init__(self, tracing: Tracing | None = None) -> None:
+        self.tracing = tracing
 
     async def run(self, request: Any, call: Callable[[str | None], Awaitable[T]]) -> T:
+        if self.tracing is None:
+            return await self._run(request, call)
+        return await self._traced(self.tracing, request, call)
+
+    async def _run(self, request: Any, call: Callable[[str | None], Awaitable[T]]) -> T:
         try:
             # A deadline the client set bounds the work done for it; the
             # client has given up by then, so the status is only a courtesy.
@@ -232,6 +248,56 @@ class _Calls:
         except Exception:
             log.exception("internal error answering %s", request.method_name)
             raise RpcFailedError(Status(StatusCode.INTERNAL, "internal error")) from None
+
+    async def _traced(
+        self, tracing: Tracing, request: Any, call: Callable[[str | None], Awaitable[T]]
+    ) -> T:
+        method = request.method_name
+        name = "helios.quota" if method == "GetQuota" else "helios.decide"
+        traceparent, tracestate = _trace_context(request.custom_metadata)
+        span = tracing.start_server_span(name, traceparent, tracestate)
+        if span is None:
+            return await self._run(request, call)
+        span.set_attributes(
+            {"rpc.system": "grpc", "rpc.service": request.service_name, "rpc.method": method}
+        )
+        token = context.attach(trace.set_span_in_context(span))
+        noted = DECISION_SPAN.set(span)
+        code = StatusCode.OK
+        try:
+            return await self._run(request, call)
+        except RpcFailedError as error:
+            code = error.status.status_code
+            span.set_attribute("helios.result", "error")
+            if code in _SERVER_FAULTS:
+                span.set_status(trace.StatusCode.ERROR, code.name)
+            raise
+        except BaseException as error:  # cancelled: the call was never answered
+            failed(span, error)
+            raise
+        finally:
+            DECISION_SPAN.reset(noted)
+            context.detach(token)
+            span.set_attribute("rpc.grpc.status_code", code.value)
+            span.end()
+
+
+# Statuses that are the server's fault (or its backend's), not the caller's.
+_SERVER_FAULTS = frozenset({StatusCode.INTERNAL, StatusCode.UNAVAILABLE, StatusCode.UNKNOWN})
+
+
+def _trace_context(metadata: Any) -> tuple[str | None, str | None]:
+    """The W3C ``traceparent`` and ``tracestate`` of a call's metadata."""
+    traceparent = tracestate = None
+    for name, value in metadata or ():
+        if isinstance(value, bytes):
+            continue
+        name = name.lower()
+        if name == "traceparent":
+            traceparent = value
+        elif name == "tracestate":
+            tracestate = value
+    return traceparent, tracestate
 
 
 class HeliosServicer(ratelimit_grpc.RateLimitServiceServicer):
@@ -255,6 +321,8 @@ class HeliosServicer(ratelimit_grpc.RateLimitServiceServicer):
             decision = gateway.decide(check, owner)
         else:
             decision = await gateway.decide_remote(check, owner)
+        if self.calls.tracing is not None:
+            note_decision(message.tenant, str(check.resource), decision)
         return decision_message(message.tenant, str(check.resource), decision)
 
     async def AllowBatch(  # type: ignore[override]
@@ -286,6 +354,8 @@ class HeliosServicer(ratelimit_grpc.RateLimitServiceServicer):
             # An invalid check answers itself, in its place.
             decided = iter(outcomes)
             outcomes = [next(decided) if isinstance(check, tuple) else check for check in checks]
+        if self.calls.tracing is not None:
+            note_outcomes(outcomes)
         return batch_message(checks, outcomes)
 
     async def GetQuota(  # type: ignore[override]
@@ -299,8 +369,12 @@ class HeliosServicer(ratelimit_grpc.RateLimitServiceServicer):
         tenant = check_name(message.tenant, "tenant")
         resource = message.resource or "default"
         if gateway.remote is None:
-            return quota_message(gateway.quota(tenant, resource, owner))
-        return quota_message(await gateway.quota_remote(tenant, resource, owner))
+            quota = gateway.quota(tenant, resource, owner)
+        else:
+            quota = await gateway.quota_remote(tenant, resource, owner)
+        if self.calls.tracing is not None:
+            note_quota(quota)
+        return quota_message(quota)
 
 
 class EnvoyServicer(rls_grpc.RateLimitServiceServicer):
@@ -465,10 +539,14 @@ class GrpcServer(GrpcListener):
     """The gateway's gRPC listener: Helios's RateLimitService and Envoy's RLS v3."""
 
     def __init__(
-        self, gateway: Gateway, *, max_batch_checks: int = DEFAULT_MAX_BATCH_CHECKS
+        self,
+        gateway: Gateway,
+        *,
+        max_batch_checks: int = DEFAULT_MAX_BATCH_CHECKS,
+        tracing: Tracing | None = None,
     ) -> None:
         self.gateway = gateway
-        self.calls = _Calls()
+        self.calls = _Calls(tracing)
         super().__init__(
             {
                 "helios.v1.RateLimitService": HeliosServicer(

@@ -40,16 +40,6 @@ def no_tracing_from_outside(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
-def tracing_to(receiver: OtlpReceiver, **extra: str) -> dict[str, str]:
-    """Settings that export every span to ``receiver`` within about 50 ms."""
-    return {
-        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-        "OTEL_TRACES_SAMPLER": "always_on",
-        "OTEL_BSP_SCHEDULE_DELAY": "50",
-        **extra,
-    }
-
-
 @pytest.fixture
 def helios_factory(tmp_path: Path) -> Iterator[Callable[..., HeliosProcess]]:
     """Starts ``helios`` processes (see ``start_helios``); each must exit 0 on SIGTERM."""

@@ -150,3 +150,13 @@ def otlp_receiver() -> Iterator[OtlpReceiver]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def tracing_to(receiver: OtlpReceiver, **extra: str) -> dict[str, str]:
+    """Settings that export every span to ``receiver`` within about 50 ms."""
+    return {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_TRACES_SAMPLER": "always_on",
+        "OTEL_BSP_SCHEDULE_DELAY": "50",
+        **extra,
+    }

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import httpx
-from conftest import tracing_to
 from e2e_support import ADMIN_KEY, HeliosProcess
 from etcd_servers import EtcdServer
-from otlp_receiver import OtlpReceiver, ReceivedSpan
+from otlp_receiver import OtlpReceiver, ReceivedSpan, tracing_to
 from redis_servers import RedisServer
 
 # A key no span, attribute or resource may ever contain.
@@ -176,3 +175,58 @@ def test_off_means_no_export_at_all(receiver: OtlpReceiver, helios_factory: Heli
         assert helios.stop() == 0
         assert "tracing off" in helios.log()
     assert receiver.requests == 0
+
+
+def test_grpc_calls_get_spans_with_the_callers_context(
+    receiver: OtlpReceiver, helios_factory: HeliosFactory
+) -> None:
+    import grpc
+    from e2e_support import free_ports
+
+    from helios.grpc.generated.helios.v1 import ratelimit_pb2 as pb
+
+    (port,) = free_ports(1)
+    settings = {**tracing_to(receiver), "HELIOS_GRPC_PORT": str(port)}
+    helios_factory(settings=settings, api_keys=SECRET_KEY)
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        allow = channel.unary_unary(
+            "/helios.v1.RateLimitService/Allow",
+            request_serializer=pb.AllowRequest.SerializeToString,
+            response_deserializer=pb.Decision.FromString,
+        )
+        quota = channel.unary_unary(
+            "/helios.v1.RateLimitService/GetQuota",
+            request_serializer=pb.GetQuotaRequest.SerializeToString,
+            response_deserializer=pb.Quota.FromString,
+        )
+        metadata = (("x-api-key", SECRET_KEY), ("traceparent", TRACEPARENT))
+        assert allow(pb.AllowRequest(tenant="acme", resource="demo"), metadata=metadata).allowed
+        quota(pb.GetQuotaRequest(tenant="acme", resource="demo"), metadata=metadata)
+        try:
+            allow(pb.AllowRequest(tenant="acme"), metadata=(("x-api-key", "wrong"),))
+        except grpc.RpcError as error:
+            assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+        else:
+            raise AssertionError("a wrong key was accepted")
+
+    spans = receiver.wait_for(
+        lambda spans: len([s for s in spans if "rpc.method" in s.attributes]) >= 3
+    )
+    by_method = {
+        (span.attributes["rpc.method"], span.attributes["rpc.grpc.status_code"]): span
+        for span in spans
+        if "rpc.method" in span.attributes
+    }
+    decided = by_method["Allow", 0]
+    assert decided.name == "helios.decide"
+    assert decided.kind == SERVER
+    assert decided.trace_id == TRACE_ID
+    assert decided.parent_span_id == PARENT_ID
+    assert decided.attributes["rpc.service"] == "helios.v1.RateLimitService"
+    assert decided.attributes["helios.tenant"] == "acme"
+    assert decided.attributes["helios.result"] == "allowed"
+    assert by_method["GetQuota", 0].name == "helios.quota"
+    refused = by_method["Allow", 16]  # UNAUTHENTICATED
+    assert refused.attributes["helios.result"] == "error"
+    for span in spans:
+        assert not any(SECRET_KEY in value for value in _values(span)), span
