@@ -377,7 +377,9 @@ class Registration:
         if not self.lease:
             self.lease = await self.store.grant_lease(self.ttl_seconds)
             self._written_revision = -1
-        revision = self.sync.revision
+        # The revision of the policies and keys in force: not the watch's
+        # position, which this very entry moves on each write.
+        revision = self.sync.gateway.policies.revision
         if revision == self._written_revision:
             return
         info = GatewayInfo(

@@ -281,3 +281,30 @@ async def test_a_bad_document_in_the_store_is_ignored_and_the_previous_version_k
     await world.settle()
     assert world.gateway.policies.resolve("acme", "search").bands[0].limit == 10  # type: ignore[union-attr]
     assert world.sync.statistics().errors["invalid_document"] == 1
+
+
+async def test_a_registration_writes_only_when_the_policies_change(
+    world: World, autojump_clock: trio.testing.MockClock
+) -> None:
+    from helios.control.model import GatewayInfo
+    from helios.gateway.sync import Registration
+
+    info = GatewayInfo("g1", "127.0.0.1:8080", "fast", "0", 0, 0.0)
+    registration = Registration(world.store, Layout(), info, world.sync, ttl_seconds=3)
+    world.nursery.start_soon(registration.run)
+    await trio.sleep(1)
+    first = world.store.revision
+    listed = await world.plane.list_gateways()
+    assert [g.id for g in listed] == ["g1"]
+
+    # A minute of keep-alives: the lease is renewed, nothing is written.
+    await trio.sleep(60)
+    assert world.store.revision == first
+
+    await world.plane.create_tenant("acme")
+    await world.plane.put_policy("acme", "search", {"limit": 1, "window": "1s"})
+    await trio.sleep(5)
+    (gateway,) = await world.plane.list_gateways()
+    assert gateway.revision == world.gateway.policies.revision
+    # The two changes, and one write of the new revision.
+    assert world.store.revision == first + 3
