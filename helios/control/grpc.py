@@ -109,36 +109,16 @@ def policy_message(stored: StoredPolicy) -> pb.Policy:
 
 
 def key_message(key: ApiKey) -> pb.ApiKey:
-    shown = key.to_dict()
-    return pb.ApiKey(
-        id=shown["id"],
-        tenant=shown["tenant"],
-        prefix=shown["prefix"],
-        description=shown["description"],
-        created_at=shown["created_at"],
-    )
+    return pb.ApiKey(**key.to_dict())
 
 
 def gateway_message(gateway: GatewayInfo) -> pb.Gateway:
-    shown = gateway.to_dict()
-    return pb.Gateway(
-        id=shown["id"],
-        address=shown["address"],
-        mode=shown["mode"],
-        version=shown["version"],
-        revision=shown["revision"],
-        started_at=shown["started_at"],
-    )
+    return pb.Gateway(**gateway.to_dict())
 
 
 def reset_message(reset: Reset) -> pb.Reset:
-    shown = reset.to_dict()
-    return pb.Reset(
-        id=shown["id"],
-        tenant=shown["tenant"],
-        resource=shown["resource"],
-        created_at=shown["created_at"],
-    )
+    # A reset of every resource has none (proto3 optional: left unset).
+    return pb.Reset(**reset.to_dict())
 
 
 class ControlServicer(control_grpc.ControlServiceServicer):
