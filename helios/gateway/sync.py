@@ -256,6 +256,13 @@ class PolicySync:
             self.gateway.set_policies(PolicySet(merged.values(), revision=self.revision))
         else:
             self.gateway.policies.revision = self.revision
+        log.info(
+            "applied store revision %d: %d policies (%d from the store), %d tenant keys",
+            self.revision,
+            len(self.gateway.policies),
+            len(self._policies),
+            len(self._keys),
+        )
         self.changed.set()
         self.changed = trio.Event()
 
