@@ -127,6 +127,7 @@ class PolicySync:
         self._keys: dict[str, tuple[str, bytes]] = {}
         self._on_reset = on_reset
         self._errors: dict[str, int] = {}
+        self._started = False
         gateway.ready_warnings = self.warnings
 
     # Inputs.
@@ -147,6 +148,7 @@ class PolicySync:
         snapshot is loaded.
         """
         await self._load()
+        self._started = True
         task_status.started()
         while True:
             try:
@@ -256,13 +258,15 @@ class PolicySync:
             self.gateway.set_policies(PolicySet(merged.values(), revision=self.revision))
         else:
             self.gateway.policies.revision = self.revision
-        log.info(
-            "applied store revision %d: %d policies (%d from the store), %d tenant keys",
-            self.revision,
-            len(self.gateway.policies),
-            len(self._policies),
-            len(self._keys),
-        )
+        if self._started:
+            # (The start-up summary reports the first load.)
+            log.info(
+                "applied store revision %d: %d policies (%d from the store), %d tenant keys",
+                self.revision,
+                len(self.gateway.policies),
+                len(self._policies),
+                len(self._keys),
+            )
         self.changed.set()
         self.changed = trio.Event()
 
