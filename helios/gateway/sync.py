@@ -61,6 +61,8 @@ log = logging.getLogger("helios.sync")
 # Backoff between attempts to reach the store again.
 RETRY_MIN_SECONDS = 0.1
 RETRY_MAX_SECONDS = 2.0
+# How often a gateway checks that the store it watches still answers.
+PROBE_SECONDS = 3.0
 
 
 class _Started:
@@ -128,6 +130,8 @@ class PolicySync:
         self._on_reset = on_reset
         self._errors: dict[str, int] = {}
         self._started = False
+        # Why the store stopped answering while a watch seemed alive.
+        self._probe_failure: BackendError | None = None
         gateway.ready_warnings = self.warnings
 
     # Inputs.
@@ -152,12 +156,7 @@ class PolicySync:
         task_status.started()
         while True:
             try:
-                await self.store.watch(
-                    self.layout.prefix,
-                    self.revision + 1,
-                    self._apply_events,
-                    task_status=cast(trio.TaskStatus[None], _Started(self._recovered)),
-                )
+                await self._follow()
             except Compacted as error:
                 log.warning(
                     "the store compacted its history past revision %d (to %d); loading a snapshot",
@@ -174,6 +173,41 @@ class PolicySync:
                 self._went_stale(error)
             await trio.sleep(self.delay)
             self.delay = min(self.delay * 2, RETRY_MAX_SECONDS)
+
+    async def _follow(self) -> None:
+        """Watch from the next revision until the watch fails or the store stops answering.
+
+        A watch stream that merely goes quiet cannot tell a store with nothing
+        to say from one behind a broken network, so the store is also asked a
+        small question every few seconds; no answer ends the watch.
+        """
+        failure: HeliosError | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._probe, nursery.cancel_scope)
+            try:
+                await self.store.watch(
+                    self.layout.prefix,
+                    self.revision + 1,
+                    self._apply_events,
+                    task_status=cast(trio.TaskStatus[None], _Started(self._recovered)),
+                )
+            except (Compacted, BackendError) as error:
+                failure = error
+            nursery.cancel_scope.cancel()
+        failure = failure or self._probe_failure
+        self._probe_failure = None
+        if failure is not None:
+            raise failure
+
+    async def _probe(self, watching: trio.CancelScope) -> None:
+        while True:
+            await trio.sleep(PROBE_SECONDS)
+            try:
+                await self.store.get(self.layout.prefix)
+            except BackendError as error:
+                self._probe_failure = error
+                watching.cancel()
+                return
 
     async def _load(self) -> None:
         entries, revision = await self.store.range(self.layout.prefix)

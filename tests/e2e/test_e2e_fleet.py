@@ -289,3 +289,33 @@ def test_a_gateway_without_etcd_refuses_to_start(tmp_path: Path) -> None:
     stderr = result.stderr.decode()
     assert "cannot load the policies from the store" in stderr
     assert "Traceback" not in stderr
+
+
+def test_a_frozen_etcd_is_noticed_and_its_return_followed(fleet: Fleet) -> None:
+    """A store that stops answering without closing anything (a broken network)."""
+    first, _ = fleet.gateways
+    fleet.etcd.pause()
+    try:
+        # The gateway probes the store every 3 s; a call may take 0.5 s here.
+        with first.client() as client:
+            ready = within(
+                6.0,
+                lambda: r if "warnings" in (r := client.get("/ready")).json() else None,  # type: ignore[misc]
+            )
+        assert ready.status_code == 200
+        assert allow(first, "acme", "search").status_code == 200
+    finally:
+        fleet.etcd.resume()
+    with fleet.admin() as admin:
+        within(
+            10.0,
+            lambda: (
+                True
+                if admin.put(
+                    "/v1/tenants/acme/policies/search", json={"limit": 50, "window": "1h"}
+                ).status_code
+                == 200
+                else None
+            ),
+        )
+    within(APPLY_SECONDS + 2.5, limit_is(first, 50))

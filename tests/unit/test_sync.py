@@ -34,9 +34,11 @@ class FlakyStore(MemoryStore):
         self._went_down = trio.Event()
         self.compact_next_watch = False
 
-    def take_down(self) -> None:
+    def take_down(self, *, silently: bool = False) -> None:
+        """Fail every call; the open watch fails too, unless it goes ``silently`` quiet."""
         self.down = True
-        self._went_down.set()
+        if not silently:
+            self._went_down.set()
 
     def bring_up(self) -> None:
         self.down = False
@@ -308,3 +310,23 @@ async def test_a_registration_writes_only_when_the_policies_change(
     assert gateway.revision == world.gateway.policies.revision
     # The two changes, and one write of the new revision.
     assert world.store.revision == first + 3
+
+
+async def test_a_watch_that_goes_quiet_while_the_store_is_unreachable_is_noticed(
+    world: World, autojump_clock: trio.testing.MockClock
+) -> None:
+    from helios.gateway.sync import PROBE_SECONDS
+
+    await world.plane.create_tenant("acme")
+    await world.settle()
+    # A broken network: the watch stream says nothing, and no call gets through.
+    world.store.take_down(silently=True)
+    await trio.sleep(PROBE_SECONDS + 0.5)
+    assert world.sync.state is SyncState.STALE
+    assert world.gateway.ready_warnings()
+
+    world.store.bring_up()
+    await world.plane.put_policy("acme", "search", {"limit": 4, "window": "1h"})
+    await trio.sleep(5)
+    assert world.sync.state is SyncState.WATCHING
+    assert world.gateway.policies.resolve("acme", "search").bands[0].limit == 4  # type: ignore[union-attr]
