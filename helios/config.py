@@ -124,6 +124,12 @@ class StoreSettings:
     # etcd user and password, when etcd's authentication is on.
     etcd_username: str = ""
     etcd_password: str = ""
+    # TLS to etcd (https:// endpoints): the CA that signed etcd's certificate
+    # (empty: the system's CAs), and a client certificate and key when etcd
+    # asks for one.
+    etcd_ca_path: str = ""
+    etcd_cert_path: str = ""
+    etcd_key_path: str = ""
     # Every key Helios keeps in etcd starts with this.
     prefix: str = "/helios/"
     # The embedded store: one JSON file, written atomically, read at start.
@@ -221,6 +227,8 @@ class Config:
                 raise ConfigError(
                     f"store.etcd_endpoints must be http:// or https:// URLs, got {endpoint!r}"
                 )
+        if bool(self.store.etcd_cert_path) != bool(self.store.etcd_key_path):
+            raise ConfigError("store.etcd_cert_path and store.etcd_key_path go together")
         if not self.store.prefix.startswith("/"):
             raise ConfigError(f"store.prefix must start with '/', got {self.store.prefix!r}")
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import ssl
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -73,6 +74,7 @@ class EtcdStore:
         username: str = "",
         password: str = "",
         timeout_ms: int = 2000,
+        tls: ssl.SSLContext | None = None,
         tracing: Tracing | None = None,
     ) -> None:
         if not endpoints:
@@ -101,6 +103,8 @@ class EtcdStore:
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(self._timeout_s, connect=self._connect_timeout_s),
             trust_env=False,
+            # ``tls``: a CA of etcd's own and a client certificate, when given.
+            verify=tls if tls is not None else True,
         )
 
     # Reading.
