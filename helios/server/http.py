@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import logging
 import math
+import os
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -284,10 +285,13 @@ class _Connection:
         self.stream = stream
         self.limits = server.limits
         self.parser = httptools.HttpRequestParser(self)
-        # A plain TCP connection is read and written through its socket
-        # directly: SocketStream's per-call bookkeeping is a noticeable share
-        # of a small request's cost. TLS goes through the stream.
-        self.socket = stream.socket if isinstance(stream, trio.SocketStream) else None
+        # A plain TCP connection is read and written through its file
+        # descriptor directly (see _receive and _send): trio's socket calls
+        # add a scheduling round and a failed system call to every request.
+        # TLS goes through the stream.
+        self.fd: int | None = None
+        if isinstance(stream, trio.SocketStream) and os.name == "posix":
+            self.fd = stream.socket.fileno()
         self.ready: list[Request] = []
         self.current: Request | None = None
         self.scope = trio.CancelScope()
@@ -490,21 +494,35 @@ class _Connection:
         return keep_open
 
     async def _receive(self) -> bytes | bytearray:
-        socket = self.socket
-        if socket is None:
+        fd = self.fd
+        if fd is None:
             return await self.stream.receive_some(_RECEIVE_BYTES)
-        try:
-            return await socket.recv(_RECEIVE_BYTES)
-        except OSError as error:
-            raise trio.BrokenResourceError from error
+        # Wait, then read. A keep-alive client sends its next request only
+        # after it has read the answer, so a read straight after answering
+        # would almost always fail (a system call and an exception) before
+        # waiting anyway. The wait is this connection's one scheduling point
+        # per request: it lets other tasks run and raises Cancelled when the
+        # connection's deadline passes, exactly as trio's recv would.
+        while True:
+            await trio.lowlevel.wait_readable(fd)
+            try:
+                return os.read(fd, _RECEIVE_BYTES)
+            except BlockingIOError:
+                continue  # a spurious wake-up: wait again
+            except OSError as error:
+                raise trio.BrokenResourceError from error
 
     async def _send(self, data: bytes) -> None:
-        socket = self.socket
-        if socket is not None:
-            # One send usually takes a whole response; the stream's send_all
-            # (with its bookkeeping) is only needed for the rest.
+        fd = self.fd
+        if fd is not None:
+            # One write, without a checkpoint, usually takes a whole response;
+            # the next read waits (and so yields) anyway. The stream's
+            # send_all, which waits until the socket is writable, is only
+            # needed for what the kernel did not take.
             try:
-                sent = await socket.send(data)
+                sent = os.write(fd, data)
+            except BlockingIOError:
+                sent = 0
             except OSError as error:
                 raise trio.BrokenResourceError from error
             if sent == len(data):
