@@ -20,9 +20,11 @@ While STALE, ``/ready`` stays 200 (a gateway that can still decide should
 not be pulled from its load balancer because etcd is down) but says that the
 policies may be stale.
 
-Resets seen in a snapshot are already done (the counters they targeted were
-reset by the gateways that were up, and a gateway that was not up has no
-counters); only resets that arrive through the watch are applied.
+Resets found in the first snapshot are already done (a gateway that was not
+up has no counters to reset). Later, each reset is applied once, whether it
+arrives through the watch or in a snapshot loaded after a compaction; a reset
+stays in the store for five minutes, so a gateway that loses the store for
+less than that misses none.
 """
 
 from __future__ import annotations
@@ -130,6 +132,8 @@ class PolicySync:
         self._on_reset = on_reset
         self._errors: dict[str, int] = {}
         self._started = False
+        # Store keys of the resets this gateway has done (or found done at start).
+        self._resets_seen: set[str] = set()
         # Why the store stopped answering while a watch seemed alive.
         self._probe_failure: BackendError | None = None
         gateway.ready_warnings = self.warnings
@@ -217,7 +221,7 @@ class PolicySync:
     def _recovered(self) -> None:
         self.delay = RETRY_MIN_SECONDS
         if self.stale_since is not None:
-            log.info("the store answers again; policies are current (revision %d)", self.revision)
+            log.info("the store answers again; following it from revision %d", self.revision)
         self.stale_since = None
         self.state = SyncState.WATCHING
 
@@ -240,6 +244,7 @@ class PolicySync:
     def _apply_snapshot(self, entries: list[Entry], revision: int) -> None:
         policies: dict[str, _StoredPolicy] = {}
         keys: dict[str, tuple[str, bytes]] = {}
+        resets: list[Entry] = []
         for entry in entries:
             kind, names = self.layout.kind(entry.key)
             if kind == POLICIES:
@@ -250,12 +255,21 @@ class PolicySync:
                 parsed = self._parse_key(entry.key, entry.value)
                 if parsed is not None:
                     keys[entry.key] = parsed
-        if self.revision:
+            elif kind == RESETS:
+                resets.append(entry)
+        if self._started:
             self.resyncs += 1
         self._policies = policies
         self._keys = keys
         self.revision = revision
         self._publish()
+        if self._started:
+            # Resets made while this gateway could not watch: not done here yet.
+            for entry in resets:
+                if entry.key not in self._resets_seen:
+                    self._reset(entry.key, entry.value)
+        # At start-up the counters are fresh: every reset so far is done.
+        self._resets_seen = {entry.key for entry in resets}
 
     def _apply_events(self, events: list[Event], revision: int) -> None:
         policies_changed = keys_changed = False
@@ -276,8 +290,12 @@ class PolicySync:
                     self._keys.pop(event.key, None)
                 else:
                     self._keys[event.key] = parsed
-            elif kind == RESETS and event.kind == "put":
-                self._reset(event)
+            elif kind == RESETS:
+                if event.kind == "delete":
+                    self._resets_seen.discard(event.key)
+                elif event.key not in self._resets_seen:
+                    self._resets_seen.add(event.key)
+                    self._reset(event.key, event.value)
         self.revision = max(self.revision, revision)
         if policies_changed or keys_changed:
             self._publish(keys_only=not policies_changed)
@@ -331,11 +349,11 @@ class PolicySync:
             log.error("ignoring the API key record at %s in the store: it is malformed", key)
             return None
 
-    def _reset(self, event: Event) -> None:
+    def _reset(self, key: str, value: bytes) -> None:
         try:
-            reset = Reset.from_document(load(event.value, event.key))
+            reset = Reset.from_document(load(value, key))
         except (HeliosError, KeyError, ValueError):
-            log.error("ignoring the reset at %s in the store: it is malformed", event.key)
+            log.error("ignoring the reset at %s in the store: it is malformed", key)
             return
         self.resets_applied += 1
         if self._on_reset is not None:

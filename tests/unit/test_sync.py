@@ -330,3 +330,28 @@ async def test_a_watch_that_goes_quiet_while_the_store_is_unreachable_is_noticed
     await trio.sleep(5)
     assert world.sync.state is SyncState.WATCHING
     assert world.gateway.policies.resolve("acme", "search").bands[0].limit == 4  # type: ignore[union-attr]
+
+
+async def test_a_reset_missed_while_away_is_applied_from_the_next_snapshot(
+    world: World, autojump_clock: trio.testing.MockClock
+) -> None:
+    await world.plane.create_tenant("acme")
+    await world.settle()
+    world.store.take_down()
+    await world.settle()
+    # While the gateway cannot watch, a reset is made and the history that
+    # would have shown it to the gateway is compacted away.
+    world.store.compact_next_watch = True
+    world.store.bring_up()
+    await world.plane.reset("acme", "search")
+    await trio.sleep(5)
+    assert [(r.tenant, r.resource) for r in world.resets] == [("acme", "search")]
+    assert world.sync.resyncs == 1
+
+    # Applied once: neither a later snapshot nor the lease's end repeats it.
+    world.store.compact_next_watch = True
+    world.store.take_down()
+    await trio.sleep(1)
+    world.store.bring_up()
+    await trio.sleep(400)
+    assert len(world.resets) == 1
