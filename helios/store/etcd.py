@@ -243,11 +243,15 @@ class EtcdStore:
             return answer
 
     def _span(self, path: str) -> contextlib.AbstractContextManager[object]:
-        """A CLIENT span for one call: under the request being served, or a trace of its own."""
+        """A CLIENT span for one call made for a traced request (a control-plane change).
+
+        Background calls (the gateways' sync, probes and lease keep-alives) get
+        none: every few seconds, they would bury the traces that matter.
+        """
         if self._tracing is None:
             return contextlib.nullcontext()
         attributes = {"db.system": "etcd", "db.system.name": "etcd", "db.operation.name": path}
-        return self._tracing.client_span(f"etcd {path}", attributes, root=True)
+        return self._tracing.client_span(f"etcd {path}", attributes)
 
     def _stream(self, path: str, request: dict[str, Any]) -> _ResultStream:
         return _ResultStream(self, path, request)
