@@ -416,7 +416,7 @@ async def _start_control(
         http_server.serve, control.http_host, control.http_port
     )
     if control.grpc_enabled:
-        control_grpc = ControlGrpcServer(plane, control.admin_api_keys)
+        control_grpc = ControlGrpcServer(plane, control.admin_api_keys, metrics=metrics)
         runtime.grpc_servers.append(control_grpc)
         runtime.addresses["control_grpc"] = await nursery.start(
             lambda task_status: control_grpc.serve(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import nullcontext
 from typing import Any, TypeVar
@@ -25,6 +26,7 @@ import trio
 from purerpc.grpclib.exceptions import RpcFailedError
 from purerpc.grpclib.status import Status, StatusCode
 
+from helios.control.metrics import ControlMetrics
 from helios.control.model import ApiKey, GatewayInfo, Reset, StoredPolicy, Tenant
 from helios.control.plane import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, ControlPlane
 from helios.errors import HeliosError, PermissionDenied, Unauthenticated
@@ -34,6 +36,7 @@ from helios.grpc.generated.helios.v1 import control_pb2 as pb
 from helios.grpc.server import GrpcListener, _status, api_key
 
 log = logging.getLogger("helios.control")
+access_log = logging.getLogger("helios.control.access")
 
 M = TypeVar("M")
 T = TypeVar("T")
@@ -124,11 +127,18 @@ def reset_message(reset: Reset) -> pb.Reset:
 class ControlServicer(control_grpc.ControlServiceServicer):
     """helios.v1.ControlService: every call authenticated, then done by the plane."""
 
-    def __init__(self, plane: ControlPlane, keys: KeyRing) -> None:
+    def __init__(
+        self, plane: ControlPlane, keys: KeyRing, metrics: ControlMetrics | None = None
+    ) -> None:
         self.plane = plane
         self.keys = keys
+        self.metrics = metrics
 
     async def _answer(self, request: Any, handler: Callable[[M], Awaitable[T]], message: M) -> T:
+        started = time.perf_counter()
+        # An HTTP status for the access log and the metrics, which both APIs
+        # share: 200 for a success, else what the REST API answers that error with.
+        status = 500
         try:
             # The admin key first: a caller without one learns nothing, not
             # even whether its request was valid.
@@ -136,16 +146,27 @@ class ControlServicer(control_grpc.ControlServiceServicer):
             # A deadline the client set bounds the work done for it.
             timeout = request.timeout
             with trio.fail_after(timeout.total_seconds()) if timeout else nullcontext():
-                return await handler(message)
+                answer = await handler(message)
+            status = 200
+            return answer
         except HeliosError as error:
+            status = error.http_status
             raise _status(error) from None
         except trio.TooSlowError:
+            status = 504
             raise RpcFailedError(
                 Status(StatusCode.DEADLINE_EXCEEDED, "the call's deadline passed")
             ) from None
         except Exception:
             log.exception("internal error answering %s", request.method_name)
             raise RpcFailedError(Status(StatusCode.INTERNAL, "internal error")) from None
+        finally:
+            seconds = time.perf_counter() - started
+            route = f"/{SERVICE}/{request.method_name}"
+            if self.metrics is not None:
+                self.metrics.observe("GRPC", route, status, seconds)
+            # As the REST API's access log: never the metadata, which holds the key.
+            access_log.info("- GRPC %s %d %.1fms", route, status, seconds * 1000)
 
     def _authenticate(self, request: Any) -> None:
         key = api_key(request.custom_metadata)
@@ -315,10 +336,16 @@ class ControlGrpcServer(GrpcListener):
     :class:`~helios.grpc.server.GrpcServer`.
     """
 
-    def __init__(self, plane: ControlPlane, admin_keys: KeyRing | Iterable[str]) -> None:
+    def __init__(
+        self,
+        plane: ControlPlane,
+        admin_keys: KeyRing | Iterable[str],
+        *,
+        metrics: ControlMetrics | None = None,
+    ) -> None:
         self.plane = plane
         keys = admin_keys if isinstance(admin_keys, KeyRing) else KeyRing(admin_keys)
-        servicer = ControlServicer(plane, keys)
+        servicer = ControlServicer(plane, keys, metrics)
         super().__init__({SERVICE: servicer.service})
 
     async def serve(

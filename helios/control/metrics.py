@@ -30,7 +30,8 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 # The methods counted by name; anything else a client sends is "other", so
 # that a client cannot add series at will. Routes are the application's rules.
-METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# "GRPC" marks a call of the gRPC control API, whose route is /service/method.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "GRPC"})
 UNKNOWN_ROUTE = "unknown"
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 import pytest
 import trio
-from control_grpc_support import ADMIN_KEY, NOW_TEXT, Control, StartControl
+from control_grpc_support import ADMIN, ADMIN_KEY, NOW_TEXT, Control, StartControl
 
 from helios.control.grpc import ControlGrpcServer
 from helios.control.model import GatewayInfo, Layout, dump
@@ -655,3 +655,45 @@ async def test_drain_finishes_and_closes(control: Control) -> None:
     with trio.fail_after(10):
         await control.server.wait_closed()
     assert control.server.connections == 0
+
+
+async def test_calls_are_counted_and_logged_without_their_key(
+    control: Control, caplog: pytest.LogCaptureFixture
+) -> None:
+    from helios.control.metrics import ControlMetrics
+
+    metrics = ControlMetrics()
+    counted = ControlGrpcServer(control.plane, [ADMIN_KEY], metrics=metrics)
+    async with trio.open_nursery() as nursery:
+        host, port = await nursery.start(counted.serve, "127.0.0.1", 0)
+
+        def calls() -> None:
+            with grpc.insecure_channel(f"{host}:{port}") as channel:
+                create = channel.unary_unary(
+                    "/helios.v1.ControlService/CreateTenant",
+                    request_serializer=pb.CreateTenantRequest.SerializeToString,
+                    response_deserializer=pb.Tenant.FromString,
+                )
+                create(pb.CreateTenantRequest(name="acme"), metadata=ADMIN, timeout=10)
+                with pytest.raises(grpc.RpcError):
+                    create(pb.CreateTenantRequest(name="acme"), metadata=ADMIN, timeout=10)
+                with pytest.raises(grpc.RpcError):
+                    create(
+                        pb.CreateTenantRequest(name="x"),
+                        metadata=(("x-api-key", "wrong-key"),),
+                        timeout=10,
+                    )
+
+        with caplog.at_level("INFO", logger="helios.control.access"):
+            await trio.to_thread.run_sync(calls)
+        counted.drain()
+        nursery.cancel_scope.cancel()
+    route = "/helios.v1.ControlService/CreateTenant"
+    assert metrics.requests == {
+        ("GRPC", route, 200): 1,
+        ("GRPC", route, 409): 1,
+        ("GRPC", route, 401): 1,
+    }
+    lines = [record.getMessage() for record in caplog.records]
+    assert [line.split()[3] for line in lines] == ["200", "409", "401"]
+    assert not any(ADMIN_KEY in line or "wrong-key" in line for line in lines)
