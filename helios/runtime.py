@@ -466,7 +466,7 @@ async def _apply_resets(gateway: Gateway, resets: trio.MemoryReceiveChannel[Rese
         except BackendError as error:
             log.error("could not reset the counters of %s: %s", what, error.message)
             continue
-        log.info("reset the counters of %s (%d buckets)", what, dropped)
+        log.info("reset the counters of %s (buckets dropped: %d)", what, dropped)
 
 
 async def _sweep(gateway: Gateway) -> None:
