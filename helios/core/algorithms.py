@@ -60,7 +60,8 @@ def _tb_check(band: Band, tat: int | None, now_ns: int, cost: int) -> CheckResul
     new_tat = base + cost * interval
     if new_tat - now <= capacity:
         remaining = (capacity - (new_tat - now)) // interval
-        reset_ns = _ceil_div(new_tat - now, band.limit)
+        # _ceil_div inlined: this branch runs on almost every decision.
+        reset_ns = -((now - new_tat) // band.limit)
         return True, (new_tat if cost else tat), remaining, 0, reset_ns
     remaining = (capacity - (base - now)) // interval
     wait_ns = _ceil_div(new_tat - capacity - now, band.limit)

@@ -118,6 +118,12 @@ def _state_lifetime_seconds(policy: Policy) -> float:
     return max(lifetimes)
 
 
+def _no_policy(tenant: str, resource: str) -> NotFound:
+    return NotFound(
+        f"no policy matches tenant {tenant!r} and resource {resource!r}", field="resource"
+    )
+
+
 class Gateway:
     """Decides requests against the current policies.
 
@@ -211,10 +217,7 @@ class Gateway:
         resource = check_name(resource, "resource")
         policy = self.policies.resolve(tenant, resource)
         if policy is None:
-            raise NotFound(
-                f"no policy matches tenant {tenant!r} and resource {resource!r}",
-                field="resource",
-            )
+            raise _no_policy(tenant, resource)
         return tenant, resource, policy
 
     def identify(self, api_key: str | None) -> str | None:
@@ -232,15 +235,24 @@ class Gateway:
     def decide(self, check: Check, owner: str | None) -> Decision:
         """Decide one check for an identified caller (see :meth:`identify`)."""
         tenant, resource, policy = self._validate(check, owner)
-        decision = self.table.decide(policy, tenant, resource, self.clock.now_ns(), check.cost)
+        key = bucket_key(tenant, resource)
+        decision = self.table.decide_key(policy, key, self.clock.now_ns(), check.cost)
         self._count(decision, tenant)
         return decision
 
     def _validate(self, check: Check, owner: str | None) -> tuple[str, str, Policy]:
+        # The steps of permit, resolve and validate_cost, in their order, with
+        # each call made only when it has something to reject: this runs on
+        # every decision, and a call costs more than its test.
         tenant = check_name(check.tenant, "tenant")
-        self.keys.permit(owner, tenant)
-        tenant, resource, policy = self.resolve(tenant, check.resource)
-        validate_cost(policy, check.cost)
+        if owner is not None:
+            self.keys.permit(owner, tenant)
+        resource = check_name(check.resource, "resource")
+        policy = self.policies.resolve(tenant, resource)
+        if policy is None:
+            raise _no_policy(tenant, resource)
+        if check.cost > policy.capacity:
+            validate_cost(policy, check.cost)
         return tenant, resource, policy
 
     async def decide_remote(self, check: Check, owner: str | None) -> Decision:
