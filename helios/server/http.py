@@ -73,23 +73,41 @@ class Limits:
 class Request:
     """One parsed HTTP request."""
 
-    __slots__ = ("body", "headers", "keep_alive", "method", "path", "query")
+    __slots__ = ("_first", "_headers", "body", "keep_alive", "method", "path", "query")
 
     def __init__(self) -> None:
         self.method = ""
         self.path = ""
         self.query = ""
         # Header names are lower-cased; values are left as sent.
-        self.headers: list[tuple[bytes, bytes]] = []
+        self._headers: list[tuple[bytes, bytes]] = []
+        # The first value of each header: several are looked up per request
+        # (the server's own, the API key, the trace context), and a dict
+        # lookup is much cheaper than a scan of the list each time.
+        self._first: dict[bytes, bytes] = {}
         self.body = b""
         self.keep_alive = True
 
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """The headers in the order sent (read only: set the whole list, or use add_header)."""
+        return self._headers
+
+    @headers.setter
+    def headers(self, headers: list[tuple[bytes, bytes]]) -> None:
+        self._headers = []
+        self._first = {}
+        for name, value in headers:
+            self.add_header(name, value)
+
+    def add_header(self, name: bytes, value: bytes) -> None:
+        """Append a header (``name`` in lower case)."""
+        self._headers.append((name, value))
+        self._first.setdefault(name, value)
+
     def header(self, name: bytes) -> bytes | None:
         """The first value of a header (``name`` in lower case), or ``None``."""
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
+        return self._first.get(name)
 
 
 class Response:
@@ -335,10 +353,13 @@ class _Connection:
         self.header_bytes += len(name) + len(value) + 4
         if self.header_bytes > self.limits.max_header_bytes:
             self._fail(_Reject(431, "request headers too large"))
-        elif len(request.headers) >= self.limits.max_headers:
+        elif len(request._headers) >= self.limits.max_headers:
             self._fail(_Reject(431, "too many request headers"))
         else:
-            request.headers.append((name.lower(), value))
+            # add_header, inlined: this runs for every header of every request.
+            name = name.lower()
+            request._headers.append((name, value))
+            request._first.setdefault(name, value)
 
     def on_headers_complete(self) -> None:
         self.head_bytes = 0
