@@ -116,12 +116,32 @@ class HttpApi:
         self.metrics = metrics
         self.max_batch_checks = max_batch_checks
         self.tracing = tracing
-        # Per policy object: the quoted name used in the RateLimit headers.
-        self._policy_names: dict[Policy, str] = {}
+        # Per policy object: its name as a JSON string and as the quoted
+        # name of the RateLimit headers.
+        self._policy_names: dict[Policy, tuple[str, str]] = {}
+        # The routes of exact paths, as _route gives them; one dict lookup
+        # answers the common request. Decisions in a remote backend (STRONG
+        # mode) go to the async endpoints.
+        remote = gateway.remote is not None
+        self._routes: dict[str, tuple[str, Endpoint, tuple[str, ...] | None]] = {
+            "/allow": ("/allow", self.allow_remote if remote else self.allow, _ALLOW_METHODS),
+            "/api/v1/allow": (
+                "/api/v1/allow",
+                self.allow_remote if remote else self.allow,
+                _ALLOW_METHODS,
+            ),
+            "/api/v1/allow/batch": (
+                "/api/v1/allow/batch",
+                self.batch_remote if remote else self.batch,
+                ("POST",),
+            ),
+            "/health": ("/health", self.health, ("GET", "HEAD")),
+            "/ready": ("/ready", self.ready, ("GET", "HEAD")),
+        }
 
     async def __call__(self, request: Request) -> Response:
         started = time.perf_counter()
-        route, endpoint, methods = self._route(request.path)
+        route, endpoint, methods = self._routes.get(request.path) or self._route(request.path)
         try:
             if methods is not None and request.method not in methods:
                 raise MethodNotAllowed(request.method, methods)
@@ -139,33 +159,40 @@ class HttpApi:
         self.metrics.observe(route, response.status, time.perf_counter() - started)
         return response
 
-    async def traced(self, request: Request) -> Response:
+    def traced(self, request: Request) -> Awaitable[Response]:
         """Answer as :meth:`__call__` does, in a span if the request is a sampled decision.
 
         A request that is not sampled gets no span at all; the renderers add
         the tenant, resource, result and mode to the span while it is current.
+        Not a coroutine itself: it returns the answer's coroutine, so that a
+        request that is not sampled costs no coroutine frame of its own.
         """
-        assert self.tracing is not None
+        tracing = self.tracing
+        assert tracing is not None
         path = request.path
         traced = _TRACED_ROUTES.get(path)
         if traced is None:
             if not path.startswith(_QUOTA_PREFIX):
-                return await self(request)
+                return self(request)
             traced = _TRACED_QUOTA
         name, route = traced
         traceparent = request.header(b"traceparent")
         span: Span | None
         if traceparent is None:
             # The common case, decided with one random number.
-            if not self.tracing.sample_root():
-                return await self(request)
-            span = self.tracing.start_root_span(name)
+            if not tracing.sample_root():
+                return self(request)
+            span = tracing.start_root_span(name)
         else:
-            span = self.tracing.start_server_span(
+            span = tracing.start_server_span(
                 name, traceparent.decode("latin-1"), _header_text(request, b"tracestate")
             )
             if span is None:
-                return await self(request)
+                return self(request)
+        return self._in_span(request, span, route)
+
+    async def _in_span(self, request: Request, span: Span, route: str) -> Response:
+        """Answer a sampled request with ``span`` current, then end the span."""
         # Current for OpenTelemetry too, so that Redis calls become its children.
         token = context.attach(trace.set_span_in_context(span))
         noted = DECISION_SPAN.set(span)
@@ -197,20 +224,12 @@ class HttpApi:
     def _route(self, path: str) -> tuple[str, Endpoint, tuple[str, ...] | None]:
         """The route label (for metrics), its endpoint, and the methods it accepts.
 
-        Unknown paths accept any method, so that they answer 404 rather than 405.
-        Decisions in a remote backend (STRONG mode) go to the async endpoints.
+        Exact paths are in ``_routes``; this answers the others. Unknown paths
+        accept any method, so that they answer 404 rather than 405.
         """
-        remote = self.gateway.remote is not None
-        if path in ("/allow", "/api/v1/allow"):
-            return path, self.allow_remote if remote else self.allow, _ALLOW_METHODS
-        if path == "/api/v1/allow/batch":
-            return path, self.batch_remote if remote else self.batch, ("POST",)
         if path.startswith("/api/v1/quota/"):
-            return "/api/v1/quota", self.quota_remote if remote else self.quota, ("GET", "HEAD")
-        if path == "/health":
-            return path, self.health, ("GET", "HEAD")
-        if path == "/ready":
-            return path, self.ready, ("GET", "HEAD")
+            endpoint = self.quota_remote if self.gateway.remote is not None else self.quota
+            return "/api/v1/quota", endpoint, ("GET", "HEAD")
         return "unknown", self.no_route, None
 
     # Endpoints. Each decision endpoint parses (and authenticates) first, then
@@ -349,8 +368,10 @@ class HttpApi:
         Written out by hand: this runs on every request, and a template is
         several times faster than building a dict for ``json.dumps``.
         """
+        policy = decision.policy
+        names = self._policy_names.get(policy) or self._name(policy)
         extra = ""
-        if decision.policy.shadow:
+        if policy.shadow:
             extra = ', "shadow": true, "would_allow": ' + (
                 "true" if decision.would_allow else "false"
             )
@@ -363,12 +384,14 @@ class HttpApi:
             f'"reset_seconds": {decision.reset_seconds}, "reset_time": {decision.reset_time}, '
             f'"retry_after_seconds": {decision.retry_after_seconds}, '
             f'"retry_after_ms": {decision.retry_after_ms}, '
-            f'"policy": {_json_string(decision.policy.name)}, "mode": "{decision.mode}"'
+            f'"policy": {names[0]}, "mode": "{decision.mode}"'
             f"{extra}}}"
         )
 
     def render_decision(self, tenant: str, resource: str, decision: Decision) -> Response:
-        if self.tracing is not None:
+        # The span is read here too, so that a request that is not sampled
+        # costs no call.
+        if self.tracing is not None and DECISION_SPAN.get() is not None:
             note_decision(tenant, resource, decision)
         body = self.decision_json(tenant, resource, decision).encode()
         headers = self._headers(decision)
@@ -406,12 +429,16 @@ class HttpApi:
         body = json.dumps(document, ensure_ascii=False).encode()
         return Response(200, body, self._headers(decision))
 
+    def _name(self, policy: Policy) -> tuple[str, str]:
+        """The policy's name as a JSON string and as a structured-field string, kept."""
+        if len(self._policy_names) > 10_000:
+            self._policy_names.clear()
+        names = self._policy_names[policy] = (_json_string(policy.name), _quote_sf(policy.name))
+        return names
+
     def _headers(self, decision: Decision) -> bytes:
-        name = self._policy_names.get(decision.policy)
-        if name is None:
-            if len(self._policy_names) > 10_000:
-                self._policy_names.clear()
-            name = self._policy_names[decision.policy] = _quote_sf(decision.policy.name)
+        policy = decision.policy
+        name = (self._policy_names.get(policy) or self._name(policy))[1]
         band = decision.band
         window = max(1, round(band.window_seconds))
         t = decision.retry_after_seconds if not decision.allowed else decision.reset_seconds
