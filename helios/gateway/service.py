@@ -160,9 +160,10 @@ class Gateway:
         # Serial of a changed policy -> the policies it replaced, newest
         # first, each with the trio time until which its state may matter.
         self._predecessors: dict[int, list[tuple[Policy, float]]] = {}
-        # Decisions by where they were made (fast, strong, local, open), and
-        # remote failures by the error's class name (RedisTimeout, ...).
-        self.modes: dict[str, int] = {}
+        # Decisions made elsewhere than in memory (strong, local, open), by
+        # mode (see the modes property), and remote failures by the error's
+        # class name (RedisTimeout, ...).
+        self._other_modes: dict[str, int] = {}
         self.backend_errors: dict[str, int] = {}
         # Counters read at scrape time; plain integers keep the hot path cheap.
         self.allowed = 0
@@ -176,6 +177,17 @@ class Gateway:
         self.policy_reloads = 0
         # Why decisions may not be current though the gateway serves (stale policies).
         self.ready_warnings: Callable[[], list[str]] = list
+
+    @property
+    def modes(self) -> dict[str, int]:
+        """Decisions by where they were made: fast (memory), strong, local, open.
+
+        Fast decisions are not counted one by one: every decision is counted
+        once as allowed, denied or shadow-denied, so they are the rest.
+        """
+        others = self._other_modes
+        fast = self.allowed + self.denied + self.shadow_denied - sum(others.values())
+        return {"fast": fast, **others} if fast else dict(others)
 
     def set_policies(self, policies: PolicySet) -> None:
         """Switch to new policies; buckets keep their spent units.
@@ -396,15 +408,24 @@ class Gateway:
         resolved: dict[tuple[object, object], tuple[str, Policy, bytes]] = {}
         results: list[Decision | HeliosError] = []
         append = results.append
+        # The pair of the previous check, and what it resolved to (None if it did not).
+        found: tuple[str, Policy, bytes] | None = None
+        found_tenant: object = None
+        found_resource: object = None
         for tenant, resource, cost in checks:
-            pair = tenant, resource
             try:
-                found = resolved.get(pair)
-            except TypeError:  # an unhashable name (from JSON), which validation rejects
-                found = None
-            try:
-                if found is None:
-                    found = resolved[pair] = self._resolve_key(tenant, resource, owner)
+                # Checks of one pair tend to come in a row: two comparisons
+                # with the previous check's names are cheaper than a tuple
+                # and a dict lookup. Equal names find the same entry either way.
+                if found is None or tenant != found_tenant or resource != found_resource:
+                    pair = tenant, resource
+                    try:
+                        found = resolved.get(pair)
+                    except TypeError:  # an unhashable name (from JSON), which validation rejects
+                        found = None
+                    if found is None:
+                        found = resolved[pair] = self._resolve_key(tenant, resource, owner)
+                    found_tenant, found_resource = tenant, resource
                 name, policy, key = found
                 if cost > policy.capacity:
                     validate_cost(policy, cost)
@@ -452,7 +473,9 @@ class Gateway:
         return dropped + await self.remote.reset(tenant, resource, policies)
 
     def _count(self, decision: Decision, tenant: str) -> None:
-        self.modes[decision.mode] = self.modes.get(decision.mode, 0) + 1
+        mode = decision.mode
+        if mode != "fast":
+            self._other_modes[mode] = self._other_modes.get(mode, 0) + 1
         if decision.would_allow:
             self.allowed += 1
             result = ALLOWED
