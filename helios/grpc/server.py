@@ -140,48 +140,79 @@ def batch_message(
     response = pb.AllowBatchResponse()
     add = response.results.add
     templates: dict[tuple[object, ...], pb.Decision] = {}
+    # The previous check's names and decision, whose template was `template`.
+    last_tenant = last_resource = ""
+    last: Decision | None = None
+    template: pb.Decision | None = None
     for check, outcome in zip(checks, outcomes, strict=True):
         if type(outcome) is not Decision:
             assert isinstance(outcome, HeliosError)
             add(error=_check_error(outcome))
             continue
         tenant, resource, _ = check  # type: ignore[misc]
-        policy = outcome.policy
-        band = outcome.band
-        kind = (
-            tenant,
-            resource,
-            id(policy),
-            id(band),
-            outcome.mode,
-            outcome.allowed,
-            outcome.would_allow,
-            outcome.reset_seconds,
-            outcome.reset_time,
-            outcome.retry_after_seconds,
-            outcome.retry_after_ms,
-        )
-        template = templates.get(kind)
-        if template is None:
-            template = templates[kind] = pb.Decision(
-                allowed=outcome.allowed,
-                tenant=tenant,
-                resource=resource,
-                policy=policy.name,
-                limit=band.limit,
-                reset_seconds=outcome.reset_seconds,
-                reset_time=outcome.reset_time,
-                retry_after_seconds=outcome.retry_after_seconds,
-                retry_after_ms=outcome.retry_after_ms,
-                mode=outcome.mode,
-                shadow=policy.shadow,
-                would_allow=outcome.would_allow,
-                window_seconds=band.window_seconds,
-            )
+        # The previous check's template usually fits (a run of one pair's
+        # checks): comparing the fields is cheaper than a key tuple and its
+        # lookup.
+        if not (
+            last is not None
+            and outcome.reset_time == last.reset_time
+            and outcome.reset_seconds == last.reset_seconds
+            and outcome.allowed == last.allowed
+            and outcome.would_allow == last.would_allow
+            and outcome.retry_after_ms == last.retry_after_ms
+            and outcome.retry_after_seconds == last.retry_after_seconds
+            and outcome.policy is last.policy
+            and outcome.band is last.band
+            and outcome.mode == last.mode
+            and tenant == last_tenant
+            and resource == last_resource
+        ):
+            last, last_tenant, last_resource = outcome, tenant, resource
+            template = _template(templates, tenant, resource, outcome)
+        assert template is not None
         result = add()
         result.CopyFrom(template)
         result.remaining = outcome.remaining
     return response
+
+
+def _template(
+    templates: dict[tuple[object, ...], pb.Decision], tenant: str, resource: str, outcome: Decision
+) -> pb.Decision:
+    """The result of ``outcome`` but its ``remaining``, made once per kind in ``templates``."""
+    policy = outcome.policy
+    band = outcome.band
+    kind = (
+        tenant,
+        resource,
+        id(policy),
+        id(band),
+        outcome.mode,
+        outcome.allowed,
+        outcome.would_allow,
+        outcome.reset_seconds,
+        outcome.reset_time,
+        outcome.retry_after_seconds,
+        outcome.retry_after_ms,
+    )
+    template = templates.get(kind)
+    if template is None:
+        template = templates[kind] = pb.Decision(
+            allowed=outcome.allowed,
+            tenant=tenant,
+            resource=resource,
+            policy=policy.name,
+            limit=band.limit,
+            reset_seconds=outcome.reset_seconds,
+            reset_time=outcome.reset_time,
+            retry_after_seconds=outcome.retry_after_seconds,
+            retry_after_ms=outcome.retry_after_ms,
+            mode=outcome.mode,
+            shadow=policy.shadow,
+            would_allow=outcome.would_allow,
+            window_seconds=band.window_seconds,
+        )
+    return template
 
 
 def _check_error(error: HeliosError) -> pb.CheckError:
