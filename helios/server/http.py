@@ -140,8 +140,9 @@ class _Date:
         self._second = -1
         self._line = b""
 
-    def line(self) -> bytes:
-        second = math.floor(trio.current_time())
+    def line(self, now: float) -> bytes:
+        """The header line at ``now`` (trio time)."""
+        second = math.floor(now)
         if second != self._second:
             self._second = second
             self._line = b"date: " + formatdate(usegmt=True).encode() + b"\r\n"
@@ -270,14 +271,14 @@ class HTTPServer:
             if self._draining and not self.connections:
                 self._closed.set()
 
-    def render(self, response: Response, close: bool, *, head: bool = False) -> bytes:
-        """The bytes of one response (without its body when answering HEAD)."""
+    def render(self, response: Response, close: bool, now: float, *, head: bool = False) -> bytes:
+        """The bytes of one response at ``now`` (without its body when answering HEAD)."""
         body = response.body
         return b"".join(
             (
                 b"HTTP/1.1 %d %s\r\n" % (response.status, _REASONS.get(response.status, b"")),
                 self._server_line,
-                self._date.line(),
+                self._date.line(now),
                 b"content-type: %s\r\ncontent-length: %d\r\n" % (response.content_type, len(body)),
                 response.headers,
                 b"connection: close\r\n\r\n" if close else b"\r\n",
@@ -304,7 +305,7 @@ class _Connection:
         self.limits = server.limits
         self.parser = httptools.HttpRequestParser(self)
         # A plain TCP connection is read and written through its file
-        # descriptor directly (see _receive and _send): trio's socket calls
+        # descriptor directly (see _loop and _write): trio's socket calls
         # add a scheduling round and a failed system call to every request.
         # TLS goes through the stream.
         self.fd: int | None = None
@@ -312,6 +313,9 @@ class _Connection:
             self.fd = stream.socket.fileno()
         self.ready: list[Request] = []
         self.current: Request | None = None
+        # The run's clock, read directly: trio.current_time() finds it anew
+        # through two more calls, and the clock is read twice per request.
+        self.clock = trio.lowlevel.current_clock()
         self.scope = trio.CancelScope()
         # True while waiting for the first byte of a request: safe to close.
         self.idle = True
@@ -435,13 +439,32 @@ class _Connection:
         server = self.server
         limits = self.limits
         scope = self.scope
-        scope.deadline = trio.current_time() + limits.idle_timeout_seconds
+        fd = self.fd
+        scope.deadline = self.clock.current_time() + limits.idle_timeout_seconds
         while True:
             began = self.current is None
             if began and server._draining:
                 return
             self.idle = began
-            data = await self._receive()
+            if fd is None:
+                data = await self.stream.receive_some(_RECEIVE_BYTES)
+            else:
+                # Wait, then read. A keep-alive client sends its next request
+                # only after it has read the answer, so a read straight after
+                # answering (as trio's recv tries first) would almost always
+                # fail, a system call and an exception, before waiting anyway.
+                # The wait is the connection's one scheduling point per
+                # request: it lets other tasks run and raises Cancelled when
+                # the deadline passes, as trio's recv would. Inline rather
+                # than in a coroutine of its own: every wake-up of the task
+                # passes through each coroutine it awaits.
+                await trio.lowlevel.wait_readable(fd)
+                try:
+                    data = os.read(fd, _RECEIVE_BYTES)
+                except BlockingIOError:
+                    continue  # a spurious wake-up: wait again
+                except OSError as error:
+                    raise trio.BrokenResourceError from error
             self.idle = False
             if not data:
                 return
@@ -468,7 +491,7 @@ class _Connection:
                 self.continue_wanted = False
                 if self.current is not None and self.reject is None:
                     await self.stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-            now = trio.current_time()
+            now = self.clock.current_time()
             if self.reject is not None:
                 server.bad_requests += 1
                 await self._send_error(self.reject.status, self.reject.message)
@@ -498,6 +521,7 @@ class _Connection:
         self.answered = True
         out: list[bytes] = []
         keep_open = True
+        now = self.clock.current_time()
         for request in ready:
             server.requests += 1
             try:
@@ -507,55 +531,41 @@ class _Connection:
                 response = server.error_response(500, "internal error")
                 request.keep_alive = False
             close = not request.keep_alive or server._draining
-            out.append(server.render(response, close, head=request.method == "HEAD"))
+            out.append(server.render(response, close, now, head=request.method == "HEAD"))
             if close:
                 keep_open = False
                 break
-        await self._send(b"".join(out))
+        # The stream's send_all, which waits until the socket is writable, is
+        # only needed for what the socket did not take at once (and for TLS).
+        rest = self._write(b"".join(out))
+        if rest:
+            await self.stream.send_all(rest)
         return keep_open
 
-    async def _receive(self) -> bytes | bytearray:
+    def _write(self, data: bytes) -> bytes:
+        """Write what the socket takes at once, without waiting; return the rest.
+
+        A plain method, not a coroutine: one write usually takes a whole
+        response, and it needs no checkpoint, since the next read waits (and
+        so yields) anyway.
+        """
         fd = self.fd
         if fd is None:
-            return await self.stream.receive_some(_RECEIVE_BYTES)
-        # Wait, then read. A keep-alive client sends its next request only
-        # after it has read the answer, so a read straight after answering
-        # would almost always fail (a system call and an exception) before
-        # waiting anyway. The wait is this connection's one scheduling point
-        # per request: it lets other tasks run and raises Cancelled when the
-        # connection's deadline passes, exactly as trio's recv would.
-        while True:
-            await trio.lowlevel.wait_readable(fd)
-            try:
-                return os.read(fd, _RECEIVE_BYTES)
-            except BlockingIOError:
-                continue  # a spurious wake-up: wait again
-            except OSError as error:
-                raise trio.BrokenResourceError from error
-
-    async def _send(self, data: bytes) -> None:
-        fd = self.fd
-        if fd is not None:
-            # One write, without a checkpoint, usually takes a whole response;
-            # the next read waits (and so yields) anyway. The stream's
-            # send_all, which waits until the socket is writable, is only
-            # needed for what the kernel did not take.
-            try:
-                sent = os.write(fd, data)
-            except BlockingIOError:
-                sent = 0
-            except OSError as error:
-                raise trio.BrokenResourceError from error
-            if sent == len(data):
-                return
-            data = data[sent:]
-        await self.stream.send_all(data)
+            return data
+        try:
+            sent = os.write(fd, data)
+        except BlockingIOError:
+            return data
+        except OSError as error:
+            raise trio.BrokenResourceError from error
+        return data[sent:] if sent < len(data) else b""
 
     async def _send_error(self, status: int, message: str) -> None:
         response = self.server.error_response(status, message)
         try:
             # Bounded: a client that does not read must not hold the connection.
             with trio.move_on_after(self.limits.request_timeout_seconds):
-                await self.stream.send_all(self.server.render(response, close=True))
+                response_bytes = self.server.render(response, True, self.clock.current_time())
+                await self.stream.send_all(response_bytes)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
