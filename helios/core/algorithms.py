@@ -58,10 +58,12 @@ def _tb_check(band: Band, tat: int | None, now_ns: int, cost: int) -> CheckResul
     now = now_ns * band.limit
     base = now if tat is None or tat < now else tat
     new_tat = base + cost * interval
-    if new_tat - now <= capacity:
-        remaining = (capacity - (new_tat - now)) // interval
+    # Scaled time until the bucket is full again, once charged.
+    refill = new_tat - now
+    if refill <= capacity:
+        remaining = (capacity - refill) // interval
         # _ceil_div inlined: this branch runs on almost every decision.
-        reset_ns = -((now - new_tat) // band.limit)
+        reset_ns = -(-refill // band.limit)
         return True, (new_tat if cost else tat), remaining, 0, reset_ns
     remaining = (capacity - (base - now)) // interval
     wait_ns = _ceil_div(new_tat - capacity - now, band.limit)

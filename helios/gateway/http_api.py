@@ -256,10 +256,11 @@ class HttpApi:
                 cost=coerce_cost(document.get("cost")),
             )
         else:
+            # Positional: a keyword call of the tuple's __new__ costs more.
             check = Check(
-                tenant=params.get("tenant"),
-                resource=params.get("resource", "default"),
-                cost=parse_cost(params.get("cost")),
+                params.get("tenant"),
+                params.get("resource", "default"),
+                parse_cost(params.get("cost")),
             )
         return owner, check
 
