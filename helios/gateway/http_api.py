@@ -22,7 +22,7 @@ from opentelemetry import context, trace
 from helios import __version__
 from helios.core.decision import Decision
 from helios.core.names import coerce_cost, parse_cost
-from helios.core.policy import Policy
+from helios.core.policy import Band, Policy
 from helios.errors import HeliosError, InvalidRequest, MethodNotAllowed, NotFound
 from helios.gateway.metrics import GatewayMetrics
 from helios.gateway.service import Check, Gateway, Quota
@@ -68,17 +68,21 @@ def parse_query(query: str) -> dict[str, str]:
     parts = query.split("&")
     if len(parts) > _MAX_QUERY_PARAMETERS:
         raise InvalidRequest(f"at most {_MAX_QUERY_PARAMETERS} query parameters are accepted")
+    # Most query strings need no decoding at all: one test of the whole
+    # string spares two of each name and two of each value.
+    encoded = "%" in query or "+" in query
     for part in parts:
         if not part:
             continue
         name, _, value = part.partition("=")
-        try:
-            if "%" in name or "+" in name:
-                name = unquote_plus(name, errors="strict")
-            if "%" in value or "+" in value:
-                value = unquote_plus(value, errors="strict")
-        except UnicodeDecodeError:
-            raise InvalidRequest("the query string is not valid UTF-8") from None
+        if encoded:
+            try:
+                if "%" in name or "+" in name:
+                    name = unquote_plus(name, errors="strict")
+                if "%" in value or "+" in value:
+                    value = unquote_plus(value, errors="strict")
+            except UnicodeDecodeError:
+                raise InvalidRequest("the query string is not valid UTF-8") from None
         if name in params:
             raise InvalidRequest(f"{name} is given more than once", field=name)
         params[name] = value
@@ -101,6 +105,28 @@ def _quote_sf(text: str) -> str:
 Endpoint = Callable[[Request], Response | Awaitable[Response]]
 
 
+def _band_lines(sf_name: str, band: Band) -> tuple[str, str]:
+    """A band's fixed header text: the X-RateLimit-Limit line, and the
+    RateLimit-Policy line with the start of the RateLimit line (up to ``r=``)."""
+    window = max(1, round(band.window_seconds))
+    return (
+        f"x-ratelimit-limit: {band.limit}\r\n",
+        f"ratelimit-policy: {sf_name};q={band.limit};w={window}\r\nratelimit: {sf_name};r=",
+    )
+
+
+class _PolicyText:
+    """What every answer decided by one policy says the same way, written once."""
+
+    __slots__ = ("bands", "json_name", "sf_name")
+
+    def __init__(self, policy: Policy) -> None:
+        self.json_name = _json_string(policy.name)
+        # A structured-field string (RFC 8941), for the RateLimit headers.
+        self.sf_name = _quote_sf(policy.name)
+        self.bands = [(band, *_band_lines(self.sf_name, band)) for band in policy.bands]
+
+
 class HttpApi:
     """Routes HTTP requests to the gateway service."""
 
@@ -118,7 +144,7 @@ class HttpApi:
         self.tracing = tracing
         # Per policy object: its name as a JSON string and as the quoted
         # name of the RateLimit headers.
-        self._policy_names: dict[Policy, tuple[str, str]] = {}
+        self._policy_names: dict[Policy, _PolicyText] = {}
         # The routes of exact paths, as _route gives them; one dict lookup
         # answers the common request. Decisions in a remote backend (STRONG
         # mode) go to the async endpoints.
@@ -370,7 +396,7 @@ class HttpApi:
         several times faster than building a dict for ``json.dumps``.
         """
         policy = decision.policy
-        names = self._policy_names.get(policy) or self._name(policy)
+        text = self._policy_names.get(policy) or self._name(policy)
         extra = ""
         if policy.shadow:
             extra = ', "shadow": true, "would_allow": ' + (
@@ -385,7 +411,7 @@ class HttpApi:
             f'"reset_seconds": {decision.reset_seconds}, "reset_time": {decision.reset_time}, '
             f'"retry_after_seconds": {decision.retry_after_seconds}, '
             f'"retry_after_ms": {decision.retry_after_ms}, '
-            f'"policy": {names[0]}, "mode": "{decision.mode}"'
+            f'"policy": {text.json_name}, "mode": "{decision.mode}"'
             f"{extra}}}"
         )
 
@@ -430,25 +456,30 @@ class HttpApi:
         body = json.dumps(document, ensure_ascii=False).encode()
         return Response(200, body, self._headers(decision))
 
-    def _name(self, policy: Policy) -> tuple[str, str]:
-        """The policy's name as a JSON string and as a structured-field string, kept."""
+    def _name(self, policy: Policy) -> _PolicyText:
+        """The fixed text of a policy's answers, kept per policy."""
         if len(self._policy_names) > 10_000:
             self._policy_names.clear()
-        names = self._policy_names[policy] = (_json_string(policy.name), _quote_sf(policy.name))
-        return names
+        text = self._policy_names[policy] = _PolicyText(policy)
+        return text
 
     def _headers(self, decision: Decision) -> bytes:
         policy = decision.policy
-        name = (self._policy_names.get(policy) or self._name(policy))[1]
+        text = self._policy_names.get(policy) or self._name(policy)
         band = decision.band
-        window = max(1, round(band.window_seconds))
+        # The band is one of the policy's, almost always its only one.
+        for entry in text.bands:
+            if entry[0] is band:
+                break
+        else:
+            entry = (band, *_band_lines(text.sf_name, band))
+        _, limit_line, policy_lines = entry
         t = decision.retry_after_seconds if not decision.allowed else decision.reset_seconds
         return (
-            f"x-ratelimit-limit: {band.limit}\r\n"
+            f"{limit_line}"
             f"x-ratelimit-remaining: {decision.remaining}\r\n"
             f"x-ratelimit-reset: {decision.reset_time}\r\n"
-            f"ratelimit-policy: {name};q={band.limit};w={window}\r\n"
-            f"ratelimit: {name};r={decision.remaining};t={t}\r\n"
+            f"{policy_lines}{decision.remaining};t={t}\r\n"
         ).encode()
 
     def error(self, error: HeliosError) -> Response:
