@@ -15,6 +15,7 @@ event loop.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from helios.core.decision import (
@@ -22,6 +23,7 @@ from helios.core.decision import (
     BucketState,
     Decision,
     decide,
+    decide_run,
     inspect,
     is_idle,
     state_serial,
@@ -86,34 +88,55 @@ class BucketTable:
         shard = self._shards[hash(key) & self._mask]
         state = shard.get(key)
         if state is None and self._size >= self.max_buckets and not self._free(shard, now_ns):
-            self.refusals += 1
-            raise CapacityExhausted(
-                f"the bucket table is full ({self.max_buckets} buckets that still"
-                " hold counts); new keys are refused until some refill"
-            )
+            raise self._refusal(1)
         decision, new_state = decide(policy, state, now_ns, cost)
         if new_state is not state:
-            if new_state is None:
-                del shard[key]
-                self._size -= 1
-            else:
-                if state is None:
-                    self._size += 1
-                shard[key] = new_state
-                self._writers[policy.serial] = policy
+            self._store(shard, key, policy, state, new_state)
         return decision
 
-    def decide_many(
-        self, requests: list[tuple[Policy, str, str, int]], now_ns: int
-    ) -> list[Decision | CapacityExhausted]:
-        """Decide several requests in order, each on its own."""
-        results: list[Decision | CapacityExhausted] = []
-        for policy, tenant, resource, cost in requests:
-            try:
-                results.append(self.decide(policy, tenant, resource, now_ns, cost))
-            except CapacityExhausted as error:
-                results.append(error)
-        return results
+    def decide_run(
+        self, policy: Policy, key: bytes, now_ns: int, costs: Sequence[int]
+    ) -> list[Decision]:
+        """Like :meth:`decide_key` for each cost in turn, with one lookup and one store.
+
+        If the table is full and the key is new, each of the requests is
+        refused (and counted) as :meth:`decide_key` would refuse it.
+        """
+        shard = self._shards[hash(key) & self._mask]
+        state = shard.get(key)
+        if state is None and self._size >= self.max_buckets and not self._free(shard, now_ns):
+            raise self._refusal(len(costs))
+        decisions, new_state = decide_run(policy, state, now_ns, costs)
+        if new_state is not state:
+            self._store(shard, key, policy, state, new_state)
+        return decisions
+
+    def _refusal(self, requests: int) -> CapacityExhausted:
+        """Count ``requests`` refused for a new key in a full table; the error to raise."""
+        self.refusals += requests
+        return CapacityExhausted(
+            f"the bucket table is full ({self.max_buckets} buckets that still"
+            " hold counts); new keys are refused until some refill"
+        )
+
+    def _store(
+        self,
+        shard: dict[bytes, BucketState],
+        key: bytes,
+        policy: Policy,
+        state: BucketState | None,
+        new_state: BucketState | None,
+    ) -> None:
+        """Put a bucket's new state in place of ``state`` (None: the bucket is fresh)."""
+        if new_state is None:
+            if state is not None:
+                del shard[key]
+                self._size -= 1
+            return
+        if state is None:
+            self._size += 1
+        shard[key] = new_state
+        self._writers[policy.serial] = policy
 
     def peek(
         self, policy: Policy, tenant: str, resource: str, now_ns: int

@@ -19,7 +19,7 @@ from helios.backends.memory import BucketTable
 from helios.core.decision import BandQuota, Decision, decide, inspect
 from helios.core.names import bucket_key, check_name
 from helios.core.policy import Policy, PolicySet, validate_cost
-from helios.errors import BackendError, HeliosError, NotFound
+from helios.errors import BackendError, CapacityExhausted, HeliosError, NotFound
 from helios.gateway.auth import KeyRing
 from helios.gateway.tenants import ALLOWED, DENIED, SHADOW_DENIED, TenantCounts
 
@@ -399,43 +399,86 @@ class Gateway:
         ``checks``: (tenant, resource, cost), as a :class:`Check` holds them.
         A batch is one request, so it is decided at one instant: every check
         sees the same clock reading, and what the checks before it spent.
-        Each distinct (tenant, resource) pair is validated and resolved once.
+        Each distinct (tenant, resource) pair is validated and resolved once,
+        and each run of valid checks of one pair in a row is decided with one
+        lookup of its bucket.
         """
         now_ns = self.clock.now_ns()
-        decide_key = self.table.decide_key
-        count = self._count
         # (tenant, resource) as the checks give them -> (tenant, policy, bucket key).
         resolved: dict[tuple[object, object], tuple[str, Policy, bytes]] = {}
         results: list[Decision | HeliosError] = []
         append = results.append
-        # The pair of the previous check, and what it resolved to (None if it did not).
+        # The pair of the previous check, what it resolved to (None if it did
+        # not), and the costs of the run of its checks not yet decided.
         found: tuple[str, Policy, bytes] | None = None
         found_tenant: object = None
         found_resource: object = None
+        run: list[int] = []
         for tenant, resource, cost in checks:
-            try:
-                # Checks of one pair tend to come in a row: two comparisons
-                # with the previous check's names are cheaper than a tuple
-                # and a dict lookup. Equal names find the same entry either way.
-                if found is None or tenant != found_tenant or resource != found_resource:
-                    pair = tenant, resource
-                    try:
-                        found = resolved.get(pair)
-                    except TypeError:  # an unhashable name (from JSON), which validation rejects
-                        found = None
-                    if found is None:
-                        found = resolved[pair] = self._resolve_key(tenant, resource, owner)
-                    found_tenant, found_resource = tenant, resource
-                name, policy, key = found
-                if cost > policy.capacity:
+            # Two comparisons with the previous check's names are cheaper than
+            # a tuple and a dict lookup; equal names find the same entry.
+            if found is None or tenant != found_tenant or resource != found_resource:
+                if run:
+                    self._decide_run(found, run, now_ns, results)
+                    run = []
+                try:
+                    found = self._resolved(resolved, tenant, resource, owner)
+                except HeliosError as error:
+                    found = None
+                    append(error)
+                    continue
+                found_tenant, found_resource = tenant, resource
+            policy = found[1]
+            if cost > policy.capacity:
+                if run:
+                    self._decide_run(found, run, now_ns, results)
+                    run = []
+                try:
                     validate_cost(policy, cost)
-                decision = decide_key(policy, key, now_ns, cost)
-            except HeliosError as error:
-                append(error)
+                except HeliosError as error:
+                    append(error)
                 continue
-            count(decision, name)
-            append(decision)
+            run.append(cost)
+        if run:
+            self._decide_run(found, run, now_ns, results)
         return results
+
+    def _resolved(
+        self,
+        resolved: dict[tuple[object, object], tuple[str, Policy, bytes]],
+        tenant: object,
+        resource: object,
+        owner: str | None,
+    ) -> tuple[str, Policy, bytes]:
+        """What :meth:`_resolve_key` gives for a pair, remembered in ``resolved``."""
+        pair = tenant, resource
+        try:
+            found = resolved.get(pair)
+        except TypeError:  # an unhashable name (from JSON), which validation rejects
+            return self._resolve_key(tenant, resource, owner)
+        if found is None:
+            found = resolved[pair] = self._resolve_key(tenant, resource, owner)
+        return found
+
+    def _decide_run(
+        self,
+        found: tuple[str, Policy, bytes] | None,
+        costs: list[int],
+        now_ns: int,
+        results: list[Decision | HeliosError],
+    ) -> None:
+        """Decide a run of checks of one pair, adding each outcome to ``results``."""
+        assert found is not None
+        tenant, policy, key = found
+        try:
+            decisions = self.table.decide_run(policy, key, now_ns, costs)
+        except CapacityExhausted as error:
+            results.extend([error] * len(costs))
+            return
+        count = self._count
+        for decision in decisions:
+            count(decision, tenant)
+        results.extend(decisions)
 
     def _resolve_key(
         self, tenant: object, resource: object, owner: str | None

@@ -89,22 +89,27 @@ def _check(request: pb.AllowRequest) -> Check:
 
 
 def decision_message(tenant: str, resource: str, decision: Decision) -> pb.Decision:
-    return pb.Decision(
-        allowed=decision.allowed,
-        tenant=tenant,
-        resource=resource,
-        policy=decision.policy.name,
-        limit=decision.band.limit,
-        remaining=decision.remaining,
-        reset_seconds=decision.reset_seconds,
-        reset_time=decision.reset_time,
-        retry_after_seconds=decision.retry_after_seconds,
-        retry_after_ms=decision.retry_after_ms,
-        mode=decision.mode,
-        shadow=decision.policy.shadow,
-        would_allow=decision.would_allow,
-        window_seconds=decision.band.window_seconds,
-    )
+    return pb.Decision(**_decision_fields(tenant, resource, decision))
+
+
+def _decision_fields(tenant: str, resource: str, decision: Decision) -> dict[str, Any]:
+    """The fields of a Decision message for ``decision``."""
+    return {
+        "allowed": decision.allowed,
+        "tenant": tenant,
+        "resource": resource,
+        "policy": decision.policy.name,
+        "limit": decision.band.limit,
+        "remaining": decision.remaining,
+        "reset_seconds": decision.reset_seconds,
+        "reset_time": decision.reset_time,
+        "retry_after_seconds": decision.retry_after_seconds,
+        "retry_after_ms": decision.retry_after_ms,
+        "mode": decision.mode,
+        "shadow": decision.policy.shadow,
+        "would_allow": decision.would_allow,
+        "window_seconds": decision.band.window_seconds,
+    }
 
 
 # A batch check as the servicer parses it: (tenant, resource, cost), the
@@ -132,87 +137,53 @@ def batch_message(
 
     The same fields as :func:`decision_message`, built for less: this runs
     once per check. Each result is made in place in the response (one made
-    apart would be copied in), as a copy of a template that holds every
-    field but ``remaining``. Checks of one pair in a batch mostly share a
-    template: they are decided at one instant, so their reset and retry
-    figures seldom differ.
+    apart would be copied in). A check of a pair seen earlier in the batch,
+    under the same policy and band, starts as a copy of the latest result of
+    that pair: its checks are decided at one instant, so only some figures
+    differ, and only those are set.
     """
     response = pb.AllowBatchResponse()
     add = response.results.add
-    templates: dict[tuple[object, ...], pb.Decision] = {}
-    # The previous check's names and decision, whose template was `template`.
-    last_tenant = last_resource = ""
+    # The latest decision and result of each pair but the current one.
+    seen: dict[tuple[str, str], tuple[Decision, pb.Decision]] = {}
+    # The current pair (of the latest decided check), its decision and result.
+    tenant = resource = ""
     last: Decision | None = None
-    template: pb.Decision | None = None
+    previous: pb.Decision | None = None
     for check, outcome in zip(checks, outcomes, strict=True):
         if type(outcome) is not Decision:
             assert isinstance(outcome, HeliosError)
             add(error=_check_error(outcome))
             continue
-        tenant, resource, _ = check  # type: ignore[misc]
-        # The previous check's template usually fits (a run of one pair's
-        # checks): comparing the fields is cheaper than a key tuple and its
-        # lookup.
-        if not (
-            last is not None
-            and outcome.reset_time == last.reset_time
-            and outcome.reset_seconds == last.reset_seconds
-            and outcome.allowed == last.allowed
-            and outcome.would_allow == last.would_allow
-            and outcome.retry_after_ms == last.retry_after_ms
-            and outcome.retry_after_seconds == last.retry_after_seconds
-            and outcome.policy is last.policy
-            and outcome.band is last.band
-            and outcome.mode == last.mode
-            and tenant == last_tenant
-            and resource == last_resource
-        ):
-            last, last_tenant, last_resource = outcome, tenant, resource
-            template = _template(templates, tenant, resource, outcome)
-        assert template is not None
-        result = add()
-        result.CopyFrom(template)
-        result.remaining = outcome.remaining
+        # Checks of one pair mostly come in a row: two comparisons with the
+        # current pair are cheaper than a tuple and a dict lookup.
+        if check[0] != tenant or check[1] != resource:  # type: ignore[index]
+            if last is not None:
+                seen[tenant, resource] = last, previous  # type: ignore[assignment]
+            tenant, resource, _ = check  # type: ignore[misc]
+            last, previous = seen.get((tenant, resource), (None, None))
+        if last is None or outcome.policy is not last.policy or outcome.band is not last.band:
+            result = add(**_decision_fields(tenant, resource, outcome))
+        else:
+            result = add()
+            result.CopyFrom(previous)
+            result.remaining = outcome.remaining
+            if outcome.reset_seconds != last.reset_seconds:
+                result.reset_seconds = outcome.reset_seconds
+            if outcome.reset_time != last.reset_time:
+                result.reset_time = outcome.reset_time
+            if outcome.allowed != last.allowed:
+                result.allowed = outcome.allowed
+            if outcome.would_allow != last.would_allow:
+                result.would_allow = outcome.would_allow
+            if outcome.retry_after_ms != last.retry_after_ms:
+                result.retry_after_ms = outcome.retry_after_ms
+            if outcome.retry_after_seconds != last.retry_after_seconds:
+                result.retry_after_seconds = outcome.retry_after_seconds
+            if outcome.mode != last.mode:
+                result.mode = outcome.mode
+        last, previous = outcome, result
     return response
-
-
-def _template(
-    templates: dict[tuple[object, ...], pb.Decision], tenant: str, resource: str, outcome: Decision
-) -> pb.Decision:
-    """The result of ``outcome`` but its ``remaining``, made once per kind in ``templates``."""
-    policy = outcome.policy
-    band = outcome.band
-    kind = (
-        tenant,
-        resource,
-        id(policy),
-        id(band),
-        outcome.mode,
-        outcome.allowed,
-        outcome.would_allow,
-        outcome.reset_seconds,
-        outcome.reset_time,
-        outcome.retry_after_seconds,
-        outcome.retry_after_ms,
-    )
-    template = templates.get(kind)
-    if template is None:
-        template = templates[kind] = pb.Decision(
-            allowed=outcome.allowed,
-            tenant=tenant,
-            resource=resource,
-            policy=policy.name,
-            limit=band.limit,
-            reset_seconds=outcome.reset_seconds,
-            reset_time=outcome.reset_time,
-            retry_after_seconds=outcome.retry_after_seconds,
-            retry_after_ms=outcome.retry_after_ms,
-            mode=outcome.mode,
-            shadow=policy.shadow,
-            would_allow=outcome.would_allow,
-            window_seconds=band.window_seconds,
-        )
-    return template
 
 
 def _check_error(error: HeliosError) -> pb.CheckError:

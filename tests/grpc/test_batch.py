@@ -13,6 +13,8 @@ from typing import Any
 
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from helios.core.decision import Decision
 from helios.core.names import MAX_COST
@@ -20,7 +22,7 @@ from helios.errors import HeliosError
 from helios.gateway.service import Check, Gateway
 from helios.grpc.generated.helios.v1 import ratelimit_pb2 as pb
 from helios.grpc.server import HeliosServicer, _Calls, batch_message, decision_message
-from tests.unit.support import API_KEY, make_gateway
+from tests.unit.support import API_KEY, make_gateway, policy_set
 
 POLICIES = (
     {"tenant": "acme", "resource": "demo", "algorithm": "fixed_window", "limit": 3, "window": "1m"},
@@ -184,3 +186,60 @@ async def test_an_invalid_cost_answers_only_its_check() -> None:
     # An empty resource is "default"; no policy matches it.
     assert (default.error.code, default.error.field) == ("NOT_FOUND", "resource")
     assert (last.allowed, last.remaining) == (True, 0)
+
+
+# Policies a batch may be decided under, and what replaces them between
+# batches: the same shape with another limit, another window, another
+# algorithm, and one band more, so that the first check of a pair in a batch
+# may carry units over from the policy that wrote its bucket.
+SHAPES = (
+    {"algorithm": "token_bucket", "limit": 5, "window": "1m"},
+    {"algorithm": "token_bucket", "limit": 7, "window": "1m", "burst": 9},
+    {"algorithm": "fixed_window", "limit": 6, "window": "10s"},
+    {"algorithm": "sliding_window", "limit": 4, "window": "1s"},
+    {
+        "algorithm": "fixed_window",
+        "bands": [{"limit": 3, "window": "1s"}, {"limit": 8, "window": "1m"}],
+    },
+)
+PAIRS = (("acme", "a"), ("acme", "b"), ("globex", "a"))
+# Checks come in runs of one pair, as batches mostly send them.
+RUN = st.tuples(
+    st.sampled_from(PAIRS), st.lists(st.integers(min_value=1, max_value=10), min_size=1, max_size=8)
+)
+ROUND = st.tuples(
+    st.sampled_from(range(len(SHAPES))),
+    st.integers(min_value=0, max_value=3_000),  # ms since the previous round
+    st.lists(RUN, min_size=1, max_size=6),
+)
+
+
+@settings(deadline=None, max_examples=150)
+@given(st.lists(ROUND, min_size=1, max_size=4), st.integers(min_value=1, max_value=3))
+def test_batches_under_changing_policies_decide_as_their_checks_one_by_one(
+    rounds: list[tuple[int, int, list[tuple[tuple[str, str], list[int]]]]], max_buckets: int
+) -> None:
+    async def scenario() -> None:
+        batched = make_gateway(max_buckets=max_buckets)
+        alone = make_gateway(max_buckets=max_buckets)
+        for shape, pause_ms, runs in rounds:
+            await trio.sleep(pause_ms / 1000)
+            for gateway in (batched, alone):
+                gateway.set_policies(policy_set({"tenant": "*", "resource": "*", **SHAPES[shape]}))
+            checks = [
+                (tenant, resource, cost) for (tenant, resource), costs in runs for cost in costs
+            ]
+            got = batched.decide_batch(checks, None)
+            expected = _one_by_one(alone, [Check(*check) for check in checks], None)
+            assert [_figures(o) for o in got] == [_figures(o) for o in expected]
+            assert _counters(batched) == _counters(alone)
+            reply = batch_message(checks, got)
+            for (tenant, resource, _), outcome, result in zip(
+                checks, got, reply.results, strict=True
+            ):
+                if isinstance(outcome, Decision):
+                    assert result == decision_message(tenant, resource, outcome)
+                else:
+                    assert result.error.message == outcome.message
+
+    trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
