@@ -11,6 +11,9 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
+import zipfile
+from pathlib import Path
 
 import pytest
 from deploy_support import DEPLOY, REPO
@@ -125,3 +128,70 @@ def test_git_ignores_the_grafana_credentials() -> None:
 
     assert ignored("deploy/.env.grafana")
     assert not ignored("deploy/.env.grafana.example")
+
+
+def test_the_wheel_holds_every_file_helios_reads_and_runs_from_it(tmp_path: Path) -> None:
+    """The image installs Helios from its wheel: nothing it reads may be missing there.
+
+    The wheel is built as the image's build stage builds it (from a copy of
+    what the Dockerfile copies), unpacked, and a STRONG-mode gateway's
+    modules and the default policies are loaded from it alone.
+    """
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    shutil.copytree(
+        REPO / "helios", source / "helios", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(wheels),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = wheels.glob("helios-*.whl")
+    installed = tmp_path / "installed"
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(installed)
+        packaged = set(archive.namelist())
+    # Every file that is not Python source must be in the wheel, but for type stubs.
+    data = {
+        path.relative_to(REPO).as_posix()
+        for path in (REPO / "helios").rglob("*")
+        if path.is_file() and path.suffix not in {".py", ".pyc", ".pyi"}
+    }
+    assert data, "helios/ holds data files (Lua scripts, default policies)"
+    assert data <= packaged, f"left out of the wheel: {sorted(data - packaged)}"
+    # The STRONG backend reads its Lua script when imported.
+    probe = (
+        "import helios, helios.backends.redis.strong;"
+        "from helios.store.policy_file import load_policies;"
+        "assert len(load_policies(None)[0]);"
+        "print(helios.__file__)"
+    )
+    # Run from the unpacked wheel alone: not the checkout, not its editable install.
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            "-c",
+            f"import sys; sys.path.insert(0, {str(installed)!r}); {probe}",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.stdout.strip().startswith(str(installed))
