@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
+
+# A URL's query string (``?name=value...``), which may carry a token: some
+# libraries put whole URLs in their warnings (the OTLP exporter, when its
+# collector is away, names the endpoint it failed to reach).
+_QUERY = re.compile(r"\?[\w.~%+-]+=[^\s'\"()\\]*")
+
+
+def redact(text: str) -> str:
+    """``text`` with each URL query string replaced by ``?[redacted]``."""
+    return _QUERY.sub("?[redacted]", text)
 
 
 class JsonFormatter(logging.Formatter):
@@ -15,25 +26,31 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redact(record.getMessage()),
         }
         if record.exc_info:
-            document["exception"] = self.formatException(record.exc_info)
+            document["exception"] = redact(self.formatException(record.exc_info))
         return json.dumps(document, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 def configure_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    # hypercorn and others log under their own names; keep them at our level.
-    logging.getLogger("helios").setLevel(level.upper())
-    # httpx (the etcd client) logs every request at INFO; that is per-request
-    # noise, and a request line may carry a URL an operator did not mean to log.
-    for name in ("httpx", "httpcore"):
-        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+    level_number = logging.getLevelNamesMapping()[level.upper()]
+    # Helios logs under "helios.*" at the configured level. Everything else
+    # (hpack, h2, purerpc, urllib3, opentelemetry, httpx, quart...) stays at
+    # WARNING or above whatever that level is: their debug and info lines are
+    # per-request noise, and some hold request headers or URLs, API keys and
+    # tokens among them.
+    root.setLevel(max(logging.WARNING, level_number))
+    logging.getLogger("helios").setLevel(level_number)
