@@ -23,7 +23,9 @@ decisions made:
 * ``other`` only grows.
 
 A tenant that drops out and comes back gets a new series from zero, which
-Prometheus treats as a counter reset.
+Prometheus treats as a counter reset. A tenant that is itself named ``other``
+is never exported by name: its decisions are always in ``other``, so that no
+two series share their labels.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ from __future__ import annotations
 ALLOWED, DENIED, SHADOW_DENIED = 0, 1, 2
 RESULTS = ("allowed", "denied", "shadow_denied")
 _EXPORTED = 3
+
+# The tenant label of the series that sums every tenant not exported by name.
+OTHER = "other"
 
 # Entries kept per tenant exported by name: room for newcomers between scrapes.
 CAPACITY_PER_TENANT = 10
@@ -90,6 +95,9 @@ class TenantCounts:
         then win ties) and folds the rest; see the module's docstring.
         """
         exported = self._exported
+        named = self.entries.get(OTHER)
+        if named is not None:
+            self._fold(OTHER, named)
         ranked = sorted(
             self.entries.items(),
             key=lambda item: (_recent(item), item[0] in exported),
