@@ -73,6 +73,14 @@ class Decision:
     # Where the decision was made: "fast" (memory), "strong" (Redis), "local"
     # (memory, because Redis failed), "open" (allowed, because Redis failed).
     mode: str = "fast"
+    # Set when a band other than the tightest has less than a fifth of its
+    # limit left (see near_limit()).
+    other_band_near: bool = False
+
+    @property
+    def near_limit(self) -> bool:
+        """True when some band has less than a fifth of its limit left after this decision."""
+        return self.other_band_near or self.remaining * 5 < self.band.limit
 
     @property
     def shadow(self) -> bool:
@@ -175,7 +183,13 @@ def combine(policy: Policy, results: list[tuple[bool, int, int, int]], now_ns: i
         index = max(range(len(results)), key=lambda i: results[i][2])
         ok = False
     _, remaining, wait_ns, reset_ns = results[index]
-    return _decision(policy, policy.bands[index], ok, remaining, wait_ns, reset_ns, now_ns)
+    decision = _decision(policy, policy.bands[index], ok, remaining, wait_ns, reset_ns, now_ns)
+    # The tightest band has the fewest units left, but another may have a
+    # smaller share of its limit left (10 of 1000 a day beside 9 of 10 a second).
+    decision.other_band_near = any(
+        result[1] * 5 < band.limit for result, band in zip(results, policy.bands, strict=True)
+    )
+    return decision
 
 
 def _decision(

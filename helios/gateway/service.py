@@ -528,8 +528,8 @@ class Gateway:
         else:
             self.denied += 1
             result = DENIED
-        # remaining < 0.2 × limit, in integers.
-        if decision.remaining * 5 < decision.band.limit:
+        # Some band has remaining < 0.2 × limit (Decision.near_limit), inline.
+        if decision.other_band_near or decision.remaining * 5 < decision.band.limit:
             self.near_limit[result] += 1
         if self.tenant_counts is not None:
             self.tenant_counts.count(tenant, result)

@@ -53,6 +53,32 @@ def test_near_limit_counts_decisions_that_leave_less_than_a_fifth() -> None:
     assert not any(name == "helios_tenant_rate_limits_total" for name, _ in samples)
 
 
+def test_near_limit_looks_at_every_band() -> None:
+    # 10 a second and 100 a day: after 3 units a second for 30 seconds, the
+    # second band has 10 of 100 left, under a fifth, while the tightest band
+    # by units (7 of 10) is not near.
+    policy = {
+        "tenant": "acme",
+        "resource": "r",
+        "algorithm": "fixed_window",
+        "bands": [{"limit": 10, "window": "1s"}, {"limit": 100, "window": "1d"}],
+    }
+    gateway = make_gateway(policy)
+
+    async def main() -> None:
+        owner = gateway.identify(API_KEY)
+        for _ in range(30):
+            decision = gateway.decide(Check("acme", "r", 3), owner)
+            await trio.sleep(1)
+        assert decision.band.limit == 10 and decision.remaining == 7
+        assert decision.near_limit
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    # Allowed decisions that left under 20 of 100 in the day band: those
+    # leaving 19, 16, 13 and 10.
+    assert gateway.near_limit == [4, 0, 0]
+
+
 def test_tenant_series_hold_the_busiest_tenants_and_other() -> None:
     gateway = make_gateway(TEN, SHADOW)
     gateway.tenant_counts = TenantCounts(2)
