@@ -195,8 +195,7 @@ class EtcdStore:
                     raise StoreUnavailable("etcd ended the watch") from None
                 _check_watch(result)
                 events = [_event(raw) for raw in result.get("events") or []]
-                if events:
-                    handler(events, _revision(result))
+                handler(events, _watched_revision(events, result))
 
     # Leases.
 
@@ -469,6 +468,23 @@ def _event(raw: dict[str, Any]) -> Event:
 
 def _revision(answer: dict[str, Any]) -> int:
     return int((answer.get("header") or {}).get("revision", 0))
+
+
+def _watched_revision(events: list[Event], result: dict[str, Any]) -> int:
+    """The revision a watch message brings its watcher to.
+
+    Not the header's revision when the message has events: catching up from
+    the past, etcd sends at most 1000 revisions a message, each headed with the
+    store's *current* revision; the watcher has only reached the last event's.
+    etcd never splits one revision between messages (this watch asks for no
+    fragments), so a watch resumed after it misses and repeats nothing. A
+    message without events is a progress notification, which etcd sends only
+    to a watcher it has sent every change up to the header's revision, on this
+    same stream.
+    """
+    if events:
+        return events[-1].mod_revision
+    return _revision(result)
 
 
 def _decode(content: bytes, path: str) -> dict[str, Any]:

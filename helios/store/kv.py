@@ -133,10 +133,13 @@ class KeyValueStore(Protocol):
         """Call ``handler(events, revision)`` for every change under ``prefix``.
 
         Changes from ``start_revision`` on, in order, batched as they come;
-        ``revision`` is the store revision the batch brings the watcher to.
-        Reports started once the watch is established. Runs until cancelled,
-        or raises :class:`Compacted` (history before ``start_revision`` is
-        gone) or :class:`StoreUnavailable` (the connection was lost).
+        ``revision`` is the store revision the batch brings the watcher to:
+        every change up to it has been delivered, so a watch resumed from
+        ``revision + 1`` misses none. An empty batch only reports progress
+        (its revision may trail one reported before). Reports started once
+        the watch is established. Runs until cancelled, or raises
+        :class:`Compacted` (history before ``start_revision`` is gone) or
+        :class:`StoreUnavailable` (the connection was lost).
         """
         ...
 

@@ -78,6 +78,8 @@ class EtcdServer:
     peer_port: int
     directory: Path
     name: str = "helios-test"
+    #: More command-line flags for etcd.
+    extra_args: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     starts: int = 0
     #: A token for ``Authorization`` once ``enable_auth`` has run.
@@ -126,6 +128,7 @@ class EtcdServer:
             "warn",
             "--logger",
             "zap",
+            *self.extra_args,
         ]
 
     @property
@@ -268,10 +271,10 @@ class EtcdServer:
         )
 
 
-def start_etcd(directory: Path) -> EtcdServer:
-    """Start one empty etcd member on free loopback ports."""
+def start_etcd(directory: Path, *extra_args: str) -> EtcdServer:
+    """Start one empty etcd member on free loopback ports, with more flags if given."""
     client_port, peer_port = free_ports(2)
-    server = EtcdServer(client_port, peer_port, directory)
+    server = EtcdServer(client_port, peer_port, directory, extra_args=extra_args)
     server.start()
     return server
 
@@ -280,13 +283,13 @@ def start_etcd(directory: Path) -> EtcdServer:
 
 
 @pytest.fixture
-def etcd_server_factory(tmp_path: Path) -> Iterator[Callable[[], EtcdServer]]:
-    """Starts fresh etcd members; all stop at teardown."""
+def etcd_server_factory(tmp_path: Path) -> Iterator[Callable[..., EtcdServer]]:
+    """Starts fresh etcd members (with more flags if given); all stop at teardown."""
     require_etcd()
     started: list[EtcdServer] = []
 
-    def start() -> EtcdServer:
-        server = start_etcd(tmp_path / f"etcd-{len(started)}")
+    def start(*extra_args: str) -> EtcdServer:
+        server = start_etcd(tmp_path / f"etcd-{len(started)}", *extra_args)
         started.append(server)
         return server
 
@@ -296,7 +299,7 @@ def etcd_server_factory(tmp_path: Path) -> Iterator[Callable[[], EtcdServer]]:
 
 
 @pytest.fixture
-def etcd_server(etcd_server_factory: Callable[[], EtcdServer]) -> EtcdServer:
+def etcd_server(etcd_server_factory: Callable[..., EtcdServer]) -> EtcdServer:
     """One fresh, empty etcd on free loopback ports, for a test that may kill it."""
     return etcd_server_factory()
 

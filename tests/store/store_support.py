@@ -1,4 +1,4 @@
-"""Helpers of the store tests: the stores under test, and watching a store into a channel."""
+"""Helpers of the store tests: the stores under test, writing many keys, watching into a channel."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from etcd_servers import EtcdServer
 
 from helios.store.etcd import EtcdStore
 from helios.store.file import FileStore
-from helios.store.kv import Event, KeyValueStore, MemoryStore
+from helios.store.kv import Event, KeyValueStore, MemoryStore, Put
 
 # A bound on waiting for a real process (etcd, another writer) to deliver.
 DELIVERY_TIMEOUT_S = 10.0
@@ -54,6 +54,29 @@ async def open_store_case(kind: str, tmp_path: Path, etcd: EtcdServer | None) ->
     assert etcd is not None
     etcd_store = EtcdStore([etcd.url], timeout_ms=2000)
     return StoreCase(kind, etcd_store, prefix, etcd_store.compact)
+
+
+async def put_each(
+    store: KeyValueStore, keys: list[str], value: bytes = b"", *, writers: int = 8
+) -> list[int]:
+    """Write each key in a transaction of its own (a revision each); their revisions, sorted.
+
+    ``writers`` transactions are in flight at a time, so that a real etcd
+    takes a few thousand of them in seconds.
+    """
+    revisions: list[int] = []
+    pending = iter(keys)
+
+    async def writer() -> None:
+        for key in pending:
+            revision = await store.commit([], [Put(key, value)])
+            assert revision is not None
+            revisions.append(revision)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(writers):
+            nursery.start_soon(writer)
+    return sorted(revisions)
 
 
 @asynccontextmanager

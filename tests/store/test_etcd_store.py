@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import trio
 from etcd_servers import EtcdServer, free_ports
-from store_support import DELIVERY_TIMEOUT_S, next_events, watching
+from store_support import DELIVERY_TIMEOUT_S, next_events, put_each, watching
 
 from helios.config import StoreSettings
 from helios.errors import ConfigError
 from helios.store.etcd import EtcdStore, _prefix_range
 from helios.store.factory import open_store
-from helios.store.kv import Compacted, Put, StoreUnavailable
+from helios.store.kv import Compacted, Event, Put, StoreUnavailable
 
 TIMEOUT_MS = 500
+
+
+class WatchBroke(Exception):
+    """Raised by a watch's handler to end the watch, as a lost connection would."""
 
 
 def test_a_prefix_range_ends_after_the_last_key_with_the_prefix() -> None:
@@ -152,3 +158,57 @@ async def test_with_authentication_on_the_store_logs_in_and_again_when_its_token
         async with open_store(settings) as store:
             with pytest.raises(StoreUnavailable, match="etcd refused"):
                 await store.get("/auth/a")
+
+
+async def test_a_watch_broken_during_a_long_catch_up_resumes_without_losing_a_change(
+    shared_etcd_server: EtcdServer,
+) -> None:
+    """Catching up, etcd sends 1000 revisions a message, each headed with its latest revision."""
+    store = EtcdStore([shared_etcd_server.url], timeout_ms=2000)
+    prefix = "/catch-up/"
+    try:
+        revisions = await put_each(store, [f"{prefix}{i:04d}" for i in range(1500)])
+        first: list[tuple[list[Event], int]] = []
+
+        def first_message_only(events: list[Event], revision: int) -> None:
+            first.append((events, revision))
+            raise WatchBroke
+
+        with pytest.raises(WatchBroke), trio.fail_after(DELIVERY_TIMEOUT_S):
+            await store.watch(prefix, revisions[0], first_message_only)
+        [(events, revision)] = first
+        # The first message stopped short of the history...
+        assert len(events) < len(revisions)
+        # ...and the watcher got as far as its last event, not the header's revision.
+        assert revision == events[-1].mod_revision
+
+        async with watching(store, prefix, revision + 1) as receive:
+            rest, last = await next_events(receive, len(revisions) - len(events))
+        assert [event.mod_revision for event in events + rest] == revisions
+        assert last == revisions[-1]
+    finally:
+        await store.aclose()
+
+
+async def test_a_quiet_watch_moves_on_with_etcds_progress_notifications(
+    etcd_server_factory: Callable[..., EtcdServer],
+) -> None:
+    etcd = etcd_server_factory("--experimental-watch-progress-notify-interval", "100ms")
+    store = EtcdStore([etcd.url], timeout_ms=TIMEOUT_MS)
+    try:
+        async with watching(store, "/quiet/", etcd.revision() + 1) as receive:
+            elsewhere = await store.commit([], [Put("/busy/a", b"1")])
+            assert elsewhere is not None
+            with trio.fail_after(DELIVERY_TIMEOUT_S):
+                while True:
+                    events, revision = await receive.receive()
+                    assert events == []
+                    if revision >= elsewhere:
+                        break
+        # A watch resumed from there sees the next change under its prefix.
+        mine = await store.commit([], [Put("/quiet/a", b"1")])
+        async with watching(store, "/quiet/", revision + 1) as receive:
+            events, _ = await next_events(receive, 1)
+        assert [(event.key, event.mod_revision) for event in events] == [("/quiet/a", mine)]
+    finally:
+        await store.aclose()

@@ -33,6 +33,9 @@ class FlakyStore(MemoryStore):
         self.down = False
         self._went_down = trio.Event()
         self.compact_next_watch = False
+        # The start revision of every watch, and the handler of the last one.
+        self.watched_from: list[int] = []
+        self.handler: WatchHandler | None = None
 
     def take_down(self, *, silently: bool = False) -> None:
         """Fail every call; the open watch fails too, unless it goes ``silently`` quiet."""
@@ -69,6 +72,8 @@ class FlakyStore(MemoryStore):
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         self._check()
+        self.watched_from.append(start_revision)
+        self.handler = handler
         if self.compact_next_watch:
             self.compact_next_watch = False
             raise Compacted(self.revision)
@@ -266,6 +271,31 @@ async def test_a_compacted_history_means_a_fresh_snapshot(
     assert world.gateway.policies.resolve("acme", "search").bands[0].limit == 7  # type: ignore[union-attr]
     assert world.sync.statistics().errors.get("compacted") == 1
     assert world.sync.resyncs == 1
+
+
+async def test_a_progress_report_moves_the_watch_on_and_publishes_nothing(
+    world: World, autojump_clock: trio.testing.MockClock
+) -> None:
+    from helios.store.kv import Put
+
+    await world.plane.create_tenant("acme")
+    await world.settle()
+    served = world.gateway.policies
+    # Changes outside the prefix; the store reports that the watch has seen
+    # everything up to them (as etcd does for a quiet watch), then an older report.
+    await world.store.commit([], [Put("/elsewhere/a", b"1")])
+    ahead = world.store.revision
+    assert world.store.handler is not None
+    world.store.handler([], ahead)
+    world.store.handler([], ahead - 1)
+    assert world.sync.revision == ahead
+    assert world.gateway.policies is served
+
+    world.store.take_down()
+    await world.settle()
+    world.store.bring_up()
+    await trio.sleep(5)
+    assert world.store.watched_from[-1] == ahead + 1
 
 
 async def test_a_bad_document_in_the_store_is_ignored_and_the_previous_version_kept(
