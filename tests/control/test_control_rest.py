@@ -239,9 +239,14 @@ async def test_if_match_makes_tenant_writes_conditional(api: Api, store: Countin
     assert (await api("DELETE", "/v1/tenants/acme", headers=fresh)).status == 204
 
 
-async def test_two_admins_change_one_policy_and_one_gets_409(
+async def test_a_put_with_an_if_match_that_is_no_longer_current_gets_409(
     api: Api, store: CountingStore
 ) -> None:
+    """One admin writes after the other has: refused before the transaction.
+
+    Admins writing at the same moment, which only the store's compare-and-swap
+    can tell apart, are in test_control_races.py.
+    """
     await _seed(api)
     path = "/v1/tenants/acme/policies/search"
     # Both read revision N.
@@ -255,7 +260,7 @@ async def test_two_admins_change_one_policy_and_one_gets_409(
     lost = await api("PUT", path, {**POLICY, "limit": 30}, headers={"If-Match": bob})
     assert lost.status == 409
     assert lost.body["field"] == "revision"
-    assert "read it again" in lost.body["error"]
+    assert f"(now at revision {won.body['revision']}); read it again" in lost.body["error"]
     assert store.revision == revision
     assert (await api("GET", path)).body["bands"][0]["limit"] == 20
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import httpx
 import pytest
-from e2e_support import API_KEY, HeliosProcess, within
+import trio
+from e2e_support import ADMIN_KEY, API_KEY, HeliosProcess, within
 from etcd_servers import EtcdServer
 
 pytestmark = pytest.mark.slow
@@ -233,7 +234,7 @@ def test_a_gateway_whose_history_was_compacted_loads_a_snapshot(fleet: Fleet) ->
     assert metric(first, "helios_store_resyncs_total") >= 1
 
 
-def test_two_admins_updating_one_policy_one_wins_the_other_gets_409(fleet: Fleet) -> None:
+def test_a_put_with_an_if_match_that_is_no_longer_current_gets_409(fleet: Fleet) -> None:
     with fleet.admin() as admin:
         read = admin.get("/v1/tenants/acme/policies/search")
         etag = read.headers["ETag"]
@@ -250,6 +251,74 @@ def test_two_admins_updating_one_policy_one_wins_the_other_gets_409(fleet: Fleet
         assert first.status_code == 200, first.text
         assert second.status_code == 409, second.text
         assert admin.get("/v1/tenants/acme/policies/search").json()["bands"][0]["limit"] == 11
+
+
+async def _race(
+    clients: list[httpx.AsyncClient], path: str, etag: str, limits: list[int]
+) -> dict[int, httpx.Response]:
+    """Each client PUTs the policy with one of ``limits`` and the same If-Match, at once."""
+    answers: dict[int, httpx.Response] = {}
+    ready: list[int] = []
+    start = trio.Event()
+
+    async def put(client: httpx.AsyncClient, limit: int) -> None:
+        # Each racer has a connection of its own, open before the race starts.
+        assert (await client.get("/health")).status_code == 200
+        ready.append(limit)
+        if len(ready) == len(clients):
+            start.set()
+        await start.wait()
+        answers[limit] = await client.put(
+            path, json={"limit": limit, "window": "1h"}, headers={"If-Match": etag}
+        )
+
+    async with trio.open_nursery() as nursery:
+        for client, limit in zip(clients, limits, strict=True):
+            nursery.start_soon(put, client, limit)
+    return answers
+
+
+async def test_admins_racing_on_one_policy_one_wins_each_round_the_others_get_409(
+    fleet: Fleet,
+) -> None:
+    """Concurrent PUTs with the same If-Match: one wins, and etcd's compare-and-swap
+    refuses the losers that passed the control plane's own check before it.
+
+    Rounds go on (up to a bound) until etcd has refused at least one racer:
+    with eight racers a round, nearly every round has one.
+    """
+    racers, rounds, most_rounds = 8, 5, 30
+    path = "/v1/tenants/acme/policies/search"
+    clients = [
+        httpx.AsyncClient(
+            base_url=fleet.control.control_url, headers={"X-API-Key": ADMIN_KEY}, timeout=10.0
+        )
+        for _ in range(racers)
+    ]
+    refused_by_etcd = 0
+    done = 0
+    try:
+        while done < rounds or (not refused_by_etcd and done < most_rounds):
+            done += 1
+            etag = (await clients[0].get(path)).headers["ETag"]
+            answers = await _race(clients, path, etag, [100 * done + i for i in range(racers)])
+
+            statuses = sorted(answer.status_code for answer in answers.values())
+            assert statuses == [200] + [409] * (racers - 1), [a.text for a in answers.values()]
+            (limit,) = [limit for limit, answer in answers.items() if answer.status_code == 200]
+            stored = await clients[0].get(path)
+            assert stored.json()["bands"][0]["limit"] == limit
+            assert stored.headers["ETag"] == answers[limit].headers["ETag"] != etag
+            # A loser refused before the transaction is told the newer revision.
+            refused_by_etcd += sum(
+                "now at revision" not in answer.json()["error"]
+                for answer in answers.values()
+                if answer.status_code == 409
+            )
+    finally:
+        for client in clients:
+            await client.aclose()
+    assert refused_by_etcd, f"in {done} rounds, no racer got as far as etcd's transaction"
 
 
 def test_a_dead_gateway_disappears_when_its_lease_expires(fleet: Fleet) -> None:

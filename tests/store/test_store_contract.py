@@ -94,6 +94,46 @@ async def test_a_transaction_applies_only_when_its_comparisons_hold(
     assert [(e.key, e.value, e.mod_revision) for e in entries] == [(a, b"2", second)]
 
 
+async def test_a_comparison_with_a_revision_the_key_has_moved_past_fails(
+    store_case: StoreCase,
+) -> None:
+    store, key = store_case.store, store_case.prefix + "stale"
+    read = await store.commit([], [Put(key, b"1")])
+    assert read is not None
+    # Someone else changes the key after it was read.
+    changed = await store.commit([Compare(key, read)], [Put(key, b"2")])
+    assert changed is not None
+
+    assert await store.commit([Compare(key, read)], [Put(key, b"3")]) is None
+    entry = await store.get(key)
+    assert entry is not None and (entry.value, entry.mod_revision) == (b"2", changed)
+
+
+async def test_of_concurrent_writers_comparing_one_revision_exactly_one_commits(
+    store_case: StoreCase,
+) -> None:
+    store, key = store_case.store, store_case.prefix + "raced"
+    read = await store.commit([], [Put(key, b"start")])
+    assert read is not None
+    results: dict[bytes, int | None] = {}
+    start = trio.Event()
+
+    async def writer(value: bytes) -> None:
+        await start.wait()
+        results[value] = await store.commit([Compare(key, read)], [Put(key, value)])
+
+    async with trio.open_nursery() as nursery:
+        for i in range(8):
+            nursery.start_soon(writer, f"writer-{i}".encode())
+        start.set()
+
+    winners = [value for value, revision in results.items() if revision is not None]
+    assert len(results) == 8 and len(winners) == 1, results
+    entry = await store.get(key)
+    assert entry is not None
+    assert (entry.value, entry.mod_revision) == (winners[0], results[winners[0]])
+
+
 async def test_compare_with_revision_zero_means_the_key_must_not_exist(
     store_case: StoreCase,
 ) -> None:
