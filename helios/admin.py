@@ -107,9 +107,17 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("id")
 
     commands.add_parser("gateways", help="the live gateways")
-    reset = commands.add_parser("reset", help="forget a tenant's counters on every gateway")
-    reset.add_argument("tenant")
-    reset.add_argument("--resource", help="only this resource (default: all)")
+    reset = commands.add_parser(
+        "reset",
+        help="forget a tenant's counters on every gateway",
+        description="Forget one tenant's counters on every gateway: of one resource, or of"
+        " all. The tenant is a name, not a pattern (team-a, not team-*); it needs a record"
+        " of its own or one of a tenant pattern that matches it.",
+    )
+    reset.add_argument("tenant", help="one tenant (not a pattern)")
+    reset.add_argument(
+        "--resource", help="only this resource, not a pattern (default: every resource)"
+    )
     return parser
 
 

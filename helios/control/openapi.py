@@ -57,6 +57,7 @@ def _operation(
     parameters: list[Document] | None = None,
     body: str | None = None,
     body_required: bool = True,
+    description: str | None = None,
 ) -> Document:
     operation: Document = {
         "operationId": operation_id,
@@ -64,6 +65,8 @@ def _operation(
         "tags": [tag],
         "responses": responses,
     }
+    if description is not None:
+        operation["description"] = description
     if parameters:
         operation["parameters"] = parameters
     if body is not None:
@@ -235,7 +238,7 @@ _PATHS: Document = {
         ),
     },
     "/v1/tenants/{tenant}/reset": {
-        "parameters": [_TENANT],
+        "parameters": [_ref("parameters", "oneTenant")],
         "post": _operation(
             "reset",
             "Forget a tenant's counters (one resource, or all) on every gateway.",
@@ -246,6 +249,10 @@ _PATHS: Document = {
             tag="resets",
             body="ResetRequest",
             body_required=False,
+            description="Counters belong to one tenant and one resource, so neither may be"
+            " a pattern: a tenant or resource ending in '*' is a 400 naming the field. The"
+            " tenant needs a record of its own, or one of a tenant pattern that matches it"
+            " (team-a under team-*); otherwise 404.",
         ),
     },
     "/v1/gateways": {
@@ -462,7 +469,11 @@ _SCHEMAS: Document = {
         "type": "object",
         "additionalProperties": False,
         "properties": {
-            "resource": {"type": "string", "description": "Only this resource; omit for all."}
+            "resource": {
+                "type": "string",
+                "pattern": "[^*]$",
+                "description": "Only this resource, not a pattern; omit for every resource.",
+            }
         },
     },
 }
@@ -501,6 +512,13 @@ _DOCUMENT: Document = {
                 "required": True,
                 "description": "A tenant name, percent-encoded; may end in '*'.",
                 "schema": {"type": "string"},
+            },
+            "oneTenant": {
+                "name": "tenant",
+                "in": "path",
+                "required": True,
+                "description": "One tenant, percent-encoded; not a pattern.",
+                "schema": {"type": "string", "pattern": "[^*]$"},
             },
             "resource": {
                 "name": "resource",

@@ -26,6 +26,7 @@ from helios.control.model import (
     Reset,
     StoredPolicy,
     Tenant,
+    decode,
     dump,
     load,
     policy_document,
@@ -328,23 +329,58 @@ class ControlPlane:
         return [GatewayInfo.from_document(load(entry.value, entry.key)) for entry in entries]
 
     async def reset(self, tenant: object, resource: object = None) -> Reset:
-        """Ask every gateway to forget the tenant's counters (one resource, or all).
+        """Ask every gateway to forget one tenant's counters (one resource, or all).
 
-        Gateways apply it as they see it: in FAST mode each clears its own
-        buckets; in STRONG mode the buckets in Redis are deleted.
+        Counters belong to concrete names, so neither may be a pattern. The
+        tenant needs a record of its own or one of a pattern that covers it
+        (``team-a`` under ``team-*``). Gateways apply the reset as they see it:
+        in FAST mode each clears its own buckets; in STRONG mode the buckets in
+        Redis are deleted.
         """
-        current = await self.get_tenant(tenant)
-        name = None if resource is None or resource == "" else check_name(resource, "resource")
-        record = Reset(secrets.token_hex(8), current.name, name, self._wall_clock())
+        name = check_tenant_name(tenant)
+        if name.endswith("*"):
+            raise InvalidRequest(
+                f"counters are reset for one tenant, not for the pattern {name!r};"
+                " name a tenant it matches",
+                field="tenant",
+            )
+        only = None if resource is None or resource == "" else check_name(resource, "resource")
+        if only is not None and only.endswith("*"):
+            raise InvalidRequest(
+                f"a reset is for one resource, not for the pattern {only!r};"
+                " leave resource out to reset every resource",
+                field="resource",
+            )
+        covering = await self._tenant_covering(name)
+        record = Reset(secrets.token_hex(8), name, only, self._wall_clock())
         lease = await self.store.grant_lease(RESET_TTL_SECONDS)
-        key = self.layout.reset(record.id)
         revision = await self.store.commit(
-            [Compare(self.layout.tenant(current.name), current.revision)],
-            [Put(key, dump(record.document()), lease=lease)],
+            [Compare(self.layout.tenant(covering.name), covering.revision)],
+            [Put(self.layout.reset(record.id), dump(record.document()), lease=lease)],
         )
         if revision is None:
-            raise self._conflict(f"tenant {current.name!r}")
+            raise self._conflict(f"tenant {covering.name!r}")
         return record
+
+    async def _tenant_covering(self, name: str) -> Tenant:
+        """The tenant's own record, or else the most specific pattern's that matches it."""
+        entry = await self.store.get(self.layout.tenant(name))
+        if entry is not None:
+            return self._tenant(entry)
+        # Resets are rare: one read of every tenant beats a read per prefix of the name.
+        prefix = self.layout.tenants()
+        entries, _ = await self.store.range(prefix)
+        patterns: dict[str, Entry] = {}
+        for entry in entries:
+            pattern = decode(entry.key[len(prefix) :])
+            if pattern.endswith("*") and name.startswith(pattern[:-1]):
+                patterns[pattern] = entry
+        if not patterns:
+            raise NotFound(
+                f"tenant {name!r} does not exist and no tenant pattern matches it",
+                field="tenant",
+            )
+        return self._tenant(patterns[max(patterns, key=len)])
 
     # Helpers.
 

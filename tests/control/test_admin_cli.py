@@ -136,6 +136,22 @@ async def test_gateways_and_reset(
     assert json.loads(capsys.readouterr().out)["resource"] is None
 
 
+async def test_reset_of_a_tenant_under_a_pattern_and_not_of_the_pattern(
+    control: tuple[str, MemoryStore], capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, _ = control
+    await admin(url, "tenants", "create", "team-*")
+    capsys.readouterr()
+    assert await admin(url, "reset", "team-a", "--resource", "x") == 0
+    assert "counters of tenant team-a, resource x" in capsys.readouterr().out
+    assert await admin(url, "reset", "team-*") == 1
+    assert "400: counters are reset for one tenant, not for the pattern 'team-*'" in (
+        capsys.readouterr().err
+    )
+    assert await admin(url, "reset", "team-a", "--resource", "*") == 1
+    assert "(field: resource)" in capsys.readouterr().err
+
+
 async def test_errors_print_the_servers_message(
     control: tuple[str, MemoryStore], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

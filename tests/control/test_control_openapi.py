@@ -134,3 +134,15 @@ async def test_the_document_is_served(api: Api) -> None:
     answer = await api("GET", "/v1/openapi.json")
     assert answer.status == 200
     assert answer.body == openapi_document()
+
+
+def test_a_reset_is_described_as_taking_no_patterns() -> None:
+    document = openapi_document()
+    item = document["paths"]["/v1/tenants/{tenant}/reset"]
+    (tenant,) = [_resolve(document, p["$ref"]) for p in item["parameters"]]
+    resource = document["components"]["schemas"]["ResetRequest"]["properties"]["resource"]
+    for schema in (tenant["schema"], resource):
+        assert re.search(schema["pattern"], "team-a")
+        assert not re.search(schema["pattern"], "team-*")
+    assert "pattern" in item["post"]["description"]
+    assert "400" in item["post"]["responses"]

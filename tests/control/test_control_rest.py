@@ -13,6 +13,7 @@ from control_support import ADMIN_KEY, Api, CountingStore
 from helios.control.model import GatewayInfo, dump
 from helios.control.plane import ControlPlane
 from helios.control.rest import MAX_BODY_BYTES, create_app
+from helios.errors import NotFound
 from helios.gateway.auth import KeyRing
 from helios.store.kv import Put
 
@@ -496,6 +497,49 @@ async def test_reset_is_accepted(api: Api, plane: ControlPlane, store: CountingS
     bad = await api("POST", "/v1/tenants/acme/reset", {"resource": 5})
     assert (bad.status, bad.body["field"]) == (400, "resource")
     assert store.revision == revision
+
+
+async def test_a_reset_is_for_one_tenant_and_one_resource_not_for_patterns(
+    api: Api, plane: ControlPlane, store: CountingStore
+) -> None:
+    await api("POST", "/v1/tenants", {"name": "team-*"})
+    await api("POST", "/v1/tenants", {"name": "acme"})
+    revision = store.revision
+
+    pattern = await api("POST", "/v1/tenants/team-*/reset")
+    assert (pattern.status, pattern.body["field"]) == (400, "tenant")
+    assert "not for the pattern 'team-*'" in pattern.body["error"]
+    everyone = await api("POST", "/v1/tenants/*/reset", {"resource": "search"})
+    assert (everyone.status, everyone.body["field"]) == (400, "tenant")
+    for resource in ("*", "user:*"):
+        answer = await api("POST", "/v1/tenants/acme/reset", {"resource": resource})
+        assert (answer.status, answer.body["field"]) == (400, "resource")
+        assert "leave resource out to reset every resource" in answer.body["error"]
+    assert store.revision == revision
+
+    # A tenant named only in decisions, whose policies come from a pattern.
+    covered = await api("POST", "/v1/tenants/team-a/reset", {"resource": "x"})
+    assert covered.status == 202, covered.text
+    assert (covered.body["tenant"], covered.body["resource"]) == ("team-a", "x")
+    entries, _ = await store.range(plane.layout.resets())
+    assert [json.loads(entry.value)["tenant"] for entry in entries] == ["team-a"]
+
+    # Nothing covers it: most likely a typing mistake.
+    unknown = await api("POST", "/v1/tenants/globex/reset")
+    assert (unknown.status, unknown.body["field"]) == (404, "tenant")
+    assert "no tenant pattern matches it" in unknown.body["error"]
+
+
+async def test_a_reset_needs_the_tenants_record_or_a_patterns_that_matches_it(
+    plane: ControlPlane,
+) -> None:
+    await plane.create_tenant("t*")
+    assert (await plane.reset("team-a")).tenant == "team-a"
+    await plane.delete_tenant("t*")
+    with pytest.raises(NotFound):
+        await plane.reset("team-a")
+    await plane.create_tenant("team-a")
+    assert (await plane.reset("team-a")).tenant == "team-a"
 
 
 # Routing.

@@ -596,6 +596,28 @@ async def test_gateways_and_resets(control: Control) -> None:
     assert code == Code.NOT_FOUND
 
 
+async def test_a_reset_is_for_one_tenant_and_one_resource_as_in_rest(control: Control) -> None:
+    await create(control, "team-*")
+    revision = control.store.revision
+    code, message = await control.fail("ResetCounters", pb.ResetCountersRequest(tenant="team-*"))
+    assert (code, message) == (
+        Code.INVALID_ARGUMENT,
+        "counters are reset for one tenant, not for the pattern 'team-*'; name a tenant it matches",
+    )
+    code, message = await control.fail(
+        "ResetCounters", pb.ResetCountersRequest(tenant="team-a", resource="*")
+    )
+    assert code == Code.INVALID_ARGUMENT
+    assert "leave resource out to reset every resource" in message
+    assert control.store.revision == revision
+
+    # A tenant whose record is a pattern's.
+    reset = await control.call(
+        "ResetCounters", pb.ResetCountersRequest(tenant="team-a", resource="x")
+    )
+    assert (reset.tenant, reset.resource) == ("team-a", "x")
+
+
 # The store and the listener.
 
 

@@ -193,3 +193,56 @@ def test_a_corrupt_store_file_stops_start_up_and_is_kept(tmp_path: Path) -> None
     assert str(store_file) in result.stderr.decode()
     assert "Traceback" not in result.stderr.decode()
     assert store_file.read_bytes() == before
+
+
+def admin_command(helios: HeliosProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    """``helios admin --url <its control plane> ARGS``, as an operator would run it."""
+    return subprocess.run(
+        helios_command("admin", "--url", helios.control_url, *args),
+        env=clean_environment({"HELIOS_ADMIN_KEY": ADMIN_KEY}),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_a_tenant_under_a_tenant_pattern_is_reset_by_name_never_by_the_pattern(
+    tmp_path: Path,
+) -> None:
+    with running_helios(tmp_path) as helios, helios.admin() as admin:
+        assert admin.post("/v1/tenants", json={"name": "team-*"}).status_code == 201
+        put = admin.put("/v1/tenants/team-*/policies/*", json={"limit": 2, "window": "1h"})
+        assert put.status_code == 201, put.text
+
+        def applied() -> bool | None:
+            with helios.client() as client:
+                response = client.get(
+                    "/api/v1/quota/team-a", params={"resource": "x"}, headers={"X-API-Key": API_KEY}
+                )
+            return True if response.json().get("limit") == 2 else None
+
+        within(APPLY_SECONDS, applied)
+        statuses = [allow(helios, "team-a", "x", API_KEY).status_code for _ in range(3)]
+        assert statuses == [200, 200, 429]
+
+        # A pattern is refused, saying why; nothing is reset.
+        pattern = admin.post("/v1/tenants/team-*/reset")
+        assert (pattern.status_code, pattern.json()["field"]) == (400, "tenant"), pattern.text
+        every = admin.post("/v1/tenants/team-a/reset", json={"resource": "*"})
+        assert (every.status_code, every.json()["field"]) == (400, "resource"), every.text
+        refused = admin_command(helios, "reset", "team-*")
+        assert refused.returncode == 1
+        assert "not for the pattern 'team-*'" in refused.stderr
+        assert allow(helios, "team-a", "x", API_KEY).status_code == 429
+
+        # The tenant by name: its counters are back within a second.
+        done = admin_command(helios, "reset", "team-a", "--resource", "x")
+        assert done.returncode == 0, done.stderr
+        assert "counters of tenant team-a, resource x" in done.stdout
+        within(
+            APPLY_SECONDS,
+            lambda: True if allow(helios, "team-a", "x", API_KEY).status_code == 200 else None,
+        )
+        # Allowed once by the wait above.
+        assert remaining(helios, "team-a", "x") == 1
