@@ -35,8 +35,15 @@ examples:
   export HELIOS_ADMIN_KEY=...        # or --key-file /run/secrets/helios-admin
   helios admin tenants create acme --description "Acme Corp"
   helios admin policies put acme search --file search.toml
+  helios admin policies put acme search --file search.toml --if-match 14
   helios admin keys issue acme --description billing
   helios admin --json tenants list
+
+--if-match REVISION makes a write conditional (tenants update and delete,
+policies put and delete): it happens only if the tenant or policy is still at
+that revision (shown by "show" and "list"), else the control plane answers 409
+and nothing changes. For policies put, --if-match 0 creates the policy only if
+it does not exist yet.
 
 exit status: 0 done, 1 the control plane refused or could not be reached,
 2 wrong usage.
@@ -69,15 +76,20 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print JSON, for machines")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    tenants = commands.add_parser("tenants", help="list, create, show, delete tenants")
+    tenants = commands.add_parser("tenants", help="list, create, show, update, delete tenants")
     tenant_actions = tenants.add_subparsers(dest="action", required=True, metavar="ACTION")
     tenant_actions.add_parser("list", help="every tenant")
     create = tenant_actions.add_parser("create", help="create a tenant")
     create.add_argument("name")
     create.add_argument("--description")
     tenant_actions.add_parser("show", help="one tenant").add_argument("name")
+    update = tenant_actions.add_parser("update", help="change a tenant's description")
+    update.add_argument("name")
+    update.add_argument("--description", required=True)
+    _if_match_option(update, "change it", "tenant")
     delete = tenant_actions.add_parser("delete", help="delete a tenant, its policies and keys")
     delete.add_argument("name")
+    _if_match_option(delete, "delete it", "tenant")
 
     policies = commands.add_parser("policies", help="list, put, show, delete policies")
     policy_actions = policies.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -91,10 +103,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="the policy: a .toml file (one table) or a .json file (one object)",
     )
+    _if_match_option(put, "write it", "policy", "; 0: only if there is none yet")
     for name, text in (("show", "one policy"), ("delete", "delete a policy")):
         action = policy_actions.add_parser(name, help=text)
         action.add_argument("tenant")
         action.add_argument("resource")
+        if name == "delete":
+            _if_match_option(action, "delete it", "policy")
 
     keys = commands.add_parser("keys", help="issue, list, revoke API keys")
     key_actions = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -119,6 +134,32 @@ def _parser() -> argparse.ArgumentParser:
         "--resource", help="only this resource, not a pattern (default: every resource)"
     )
     return parser
+
+
+def _if_match_option(
+    parser: argparse.ArgumentParser, action: str, what: str, zero: str = ""
+) -> None:
+    """``--if-match REVISION``: the write is sent with ``If-Match: "REVISION"``."""
+    parser.add_argument(
+        "--if-match",
+        type=_revision,
+        metavar="REVISION",
+        help=f"{action} only if the {what} is still at REVISION (the revision show prints)"
+        f"{zero}; else the answer is 409 and nothing changes",
+    )
+
+
+def _revision(value: str) -> int:
+    """A revision for --if-match: its digits, or the ETag that carries it ("42")."""
+    digits = value[1:-1] if len(value) > 2 and value[0] == value[-1] == '"' else value
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 19:
+        raise argparse.ArgumentTypeError(f"must be a revision such as 42, got {value!r}")
+    return int(digits)
+
+
+def _conditional(args: argparse.Namespace) -> dict[str, str]:
+    """The If-Match header asked for with --if-match, if any."""
+    return {} if args.if_match is None else {"If-Match": f'"{args.if_match}"'}
 
 
 def main(argv: Sequence[str]) -> int:
@@ -215,6 +256,7 @@ class _Admin:
             ("tenants", "list"): self.tenants_list,
             ("tenants", "create"): self.tenants_create,
             ("tenants", "show"): self.tenants_show,
+            ("tenants", "update"): self.tenants_update,
             ("tenants", "delete"): self.tenants_delete,
             ("policies", "list"): self.policies_list,
             ("policies", "put"): self.policies_put,
@@ -229,11 +271,16 @@ class _Admin:
         commands[args.command, getattr(args, "action", None)](args)
 
     def send(
-        self, method: str, path: str, body: object = None, params: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        body: object = None,
+        params: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> httpx.Response:
         """One request; an error answer or no answer raises :class:`ApiError`."""
         try:
-            response = self.client.request(method, path, json=body, params=params)
+            response = self.client.request(method, path, json=body, params=params, headers=headers)
         except httpx.HTTPError as error:
             raise ApiError(f"cannot reach the control plane at {self.url}: {error}") from None
         if response.status_code >= 400:
@@ -241,10 +288,15 @@ class _Admin:
         return response
 
     def request(
-        self, method: str, path: str, body: object = None, params: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        body: object = None,
+        params: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Any:
         """One request; the JSON it answers with (None for an empty answer)."""
-        response = self.send(method, path, body, params)
+        response = self.send(method, path, body, params, headers)
         if not response.content:
             return None
         try:
@@ -284,8 +336,13 @@ class _Admin:
     def tenants_show(self, args: argparse.Namespace) -> None:
         self._show(self.request("GET", _tenant_path(args.name)))
 
+    def tenants_update(self, args: argparse.Namespace) -> None:
+        body = {"description": args.description}
+        tenant = self.request("PATCH", _tenant_path(args.name), body, headers=_conditional(args))
+        self._show(tenant, f"updated tenant {tenant['name']}")
+
     def tenants_delete(self, args: argparse.Namespace) -> None:
-        self.request("DELETE", _tenant_path(args.name))
+        self.request("DELETE", _tenant_path(args.name), headers=_conditional(args))
         self._done({"deleted": {"tenant": args.name}}, f"deleted tenant {args.name}")
 
     # Policies.
@@ -312,7 +369,8 @@ class _Admin:
 
     def policies_put(self, args: argparse.Namespace) -> None:
         document = read_policy(args.file)
-        response = self.send("PUT", _policy_path(args.tenant, args.resource), document)
+        path = _policy_path(args.tenant, args.resource)
+        response = self.send("PUT", path, document, headers=_conditional(args))
         policy = response.json()
         verb = "created" if response.status_code == 201 else "replaced"
         self._show_policy(policy, f"{verb} policy {policy['tenant']}/{policy['resource']}")
@@ -321,7 +379,7 @@ class _Admin:
         self._show_policy(self.request("GET", _policy_path(args.tenant, args.resource)))
 
     def policies_delete(self, args: argparse.Namespace) -> None:
-        self.request("DELETE", _policy_path(args.tenant, args.resource))
+        self.request("DELETE", _policy_path(args.tenant, args.resource), headers=_conditional(args))
         self._done(
             {"deleted": {"tenant": args.tenant, "resource": args.resource}},
             f"deleted policy {args.tenant}/{args.resource}",

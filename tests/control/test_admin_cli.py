@@ -152,6 +152,61 @@ async def test_reset_of_a_tenant_under_a_pattern_and_not_of_the_pattern(
     assert "(field: resource)" in capsys.readouterr().err
 
 
+async def test_if_match_makes_policy_and_tenant_writes_conditional(
+    control: tuple[str, MemoryStore], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, store = control
+    await admin(url, "tenants", "create", "acme")
+    policy = tmp_path / "search.toml"
+    policy.write_text(POLICY_TOML)
+    put = ("policies", "put", "acme", "search", "--file", str(policy))
+    capsys.readouterr()
+
+    # 0: create it, only if there is none yet.
+    assert await admin(url, *put, "--if-match", "0") == 0
+    assert "created policy acme/search" in capsys.readouterr().out
+    assert await admin(url, *put, "--if-match", "0") == 1
+    assert "409: policy acme/search already exists" in capsys.readouterr().err
+
+    assert await admin(url, "--json", "policies", "show", "acme", "search") == 0
+    read = json.loads(capsys.readouterr().out)["revision"]
+    # Someone else replaces it: a write at the revision read is refused, and changes nothing.
+    assert await admin(url, *put) == 0
+    capsys.readouterr()
+    revision = store.revision
+    assert await admin(url, *put, "--if-match", str(read)) == 1
+    err = capsys.readouterr().err
+    assert f"409: policy acme/search was changed by someone else (now at revision {revision})" in (
+        err
+    )
+    assert "(field: revision)" in err
+    assert await admin(url, "policies", "delete", "acme", "search", "--if-match", str(read)) == 1
+    assert "409" in capsys.readouterr().err
+    assert store.revision == revision
+
+    # The current revision, also as the ETag the API sends ("14").
+    assert await admin(url, "--json", *put, "--if-match", f'"{revision}"') == 0
+    current = str(json.loads(capsys.readouterr().out)["revision"])
+    assert await admin(url, "policies", "delete", "acme", "search", "--if-match", current) == 0
+    assert "deleted policy acme/search" in capsys.readouterr().out
+
+    assert await admin(url, "--json", "tenants", "show", "acme") == 0
+    tenant = json.loads(capsys.readouterr().out)["revision"]
+    update = ("tenants", "update", "acme", "--description", "Acme Corp")
+    assert await admin(url, "--json", *update, "--if-match", str(tenant)) == 0
+    updated = json.loads(capsys.readouterr().out)["revision"]
+    assert await admin(url, *update, "--if-match", str(tenant)) == 1
+    assert await admin(url, "tenants", "delete", "acme", "--if-match", str(tenant)) == 1
+    assert "409: tenant 'acme' was changed by someone else" in capsys.readouterr().err
+    assert await admin(url, "tenants", "delete", "acme", "--if-match", str(updated)) == 0
+    assert "deleted tenant acme" in capsys.readouterr().out
+
+    with pytest.raises(SystemExit) as exited:
+        main(["admin", "--url", url, *put, "--if-match", "latest"])
+    assert exited.value.code == 2
+    assert "--if-match: must be a revision such as 42, got 'latest'" in capsys.readouterr().err
+
+
 async def test_errors_print_the_servers_message(
     control: tuple[str, MemoryStore], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
