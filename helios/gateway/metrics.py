@@ -1,9 +1,9 @@
 """Prometheus metrics of the gateway.
 
 The hot path only bumps plain integers (a dict entry per route and status,
-and a latency bucket); prometheus-client reads them through a collector at
-scrape time. That keeps the cost per request to a few hundred nanoseconds
-instead of a lock and several label lookups.
+and a latency bucket, per HTTP request or gRPC call); prometheus-client reads
+them through a collector at scrape time. That keeps the cost per request to a
+few hundred nanoseconds instead of a lock and several label lookups.
 """
 
 from __future__ import annotations
@@ -49,13 +49,20 @@ LATENCY_BUCKETS = (
 )
 
 
+TRANSPORTS = ("http", "grpc")
+
+
 class GatewayMetrics:
-    """Counters the HTTP adapter updates per request."""
+    """Counters the HTTP adapter updates per request, and the gRPC listener per call."""
 
     def __init__(self) -> None:
+        # HTTP: (route, status code) and gRPC: (route, status code name).
         self.requests: dict[tuple[str, int], int] = {}
+        self.grpc_requests: dict[tuple[str, str], int] = {}
         self._latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self._latency_sum = 0.0
+        self._grpc_latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self._grpc_latency_sum = 0.0
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         key = (route, status)
@@ -63,16 +70,26 @@ class GatewayMetrics:
         self._latency_counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self._latency_sum += seconds
 
-    def latency(self) -> tuple[list[tuple[str, float]], float]:
+    def observe_grpc(self, route: str, code: str, seconds: float | None) -> None:
+        """One gRPC call answered; ``seconds`` is None when no request message was read."""
+        key = (route, code)
+        self.grpc_requests[key] = self.grpc_requests.get(key, 0) + 1
+        if seconds is not None:
+            self._grpc_latency_counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+            self._grpc_latency_sum += seconds
+
+    def latency(self, transport: str = "http") -> tuple[list[tuple[str, float]], float]:
         """Cumulative histogram buckets and the sum, as Prometheus wants them."""
+        if transport == "http":
+            counts, seconds = self._latency_counts, self._latency_sum
+        else:
+            counts, seconds = self._grpc_latency_counts, self._grpc_latency_sum
         buckets = []
         total = 0
-        for bound, count in zip(
-            (*LATENCY_BUCKETS, float("inf")), self._latency_counts, strict=True
-        ):
+        for bound, count in zip((*LATENCY_BUCKETS, float("inf")), counts, strict=True):
             total += count
             buckets.append(("+Inf" if bound == float("inf") else repr(bound), float(total)))
-        return buckets, self._latency_sum
+        return buckets, seconds
 
 
 class GatewayCollector(Collector):
@@ -94,11 +111,14 @@ class GatewayCollector(Collector):
         gateway = self.gateway
         requests = CounterMetricFamily(
             "helios_requests",
-            "HTTP requests served, by route and status code.",
+            "Data-plane HTTP requests and gRPC calls answered, by transport, route and"
+            " status code.",
             labels=["transport", "route", "code"],
         )
         for (route, status), count in sorted(self.metrics.requests.items()):
             requests.add_metric(["http", route, str(status)], count)
+        for (route, code), count in sorted(self.metrics.grpc_requests.items()):
+            requests.add_metric(["grpc", route, code], count)
         yield requests
 
         limits = CounterMetricFamily(
@@ -153,12 +173,15 @@ class GatewayCollector(Collector):
                 value=breaker.opened,
             )
 
-        buckets, total = self.metrics.latency()
         latency = HistogramMetricFamily(
             "helios_decision_duration_seconds",
-            "Time to answer a data-plane request, from parsed request to rendered response.",
+            "Time to answer a data-plane request or gRPC call, from parsed request to"
+            " rendered response.",
+            labels=["transport"],
         )
-        latency.add_metric([], buckets, total)
+        for transport in TRANSPORTS:
+            buckets, total = self.metrics.latency(transport)
+            latency.add_metric([transport], buckets, total)
         yield latency
 
         table = gateway.table.statistics()

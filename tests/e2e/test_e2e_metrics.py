@@ -70,7 +70,9 @@ def test_metrics_count_decisions(helios_factory: Callable[..., HeliosProcess]) -
     assert value(samples, "helios_rate_limits_total", result="denied") == 2
     assert value(samples, "helios_rate_limits_total", result="shadow_denied") == 0
 
-    assert value(samples, "helios_requests_total", route="/allow", code="200") == 4
+    assert (
+        value(samples, "helios_requests_total", transport="http", route="/allow", code="200") == 4
+    )
     assert value(samples, "helios_requests_total", route="/allow", code="429") == 2
     assert value(samples, "helios_requests_total", code="400") == 1
 
@@ -78,15 +80,19 @@ def test_metrics_count_decisions(helios_factory: Callable[..., HeliosProcess]) -
     buckets = [
         (labels["le"], count)
         for labels, count in samples["helios_decision_duration_seconds_bucket"]
+        if labels["transport"] == "http"
     ]
     counts = [count for _, count in buckets]
     assert buckets[-1][0] == "+Inf"
     assert counts == sorted(counts)
-    count = value(samples, "helios_decision_duration_seconds_count")
+    count = value(samples, "helios_decision_duration_seconds_count", transport="http")
     assert counts[-1] == count
     # Every data-plane request is timed, including the readiness polls of /health.
     assert count >= 7
-    assert value(samples, "helios_decision_duration_seconds_sum") > 0
+    assert value(samples, "helios_decision_duration_seconds_sum", transport="http") > 0
+    # No gRPC call was made: its series are there, at zero.
+    assert value(samples, "helios_decision_duration_seconds_count", transport="grpc") == 0
+    assert value(samples, "helios_requests_total", transport="grpc") == 0
 
     # Two (tenant, resource) pairs hold state: two buckets.
     assert value(samples, "helios_buckets") == 2
