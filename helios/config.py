@@ -29,6 +29,9 @@ LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # Most tenants exported by name: each costs Prometheus a few series.
 MAX_TENANT_SERIES = 1000
+# Largest grpc.max_message_bytes: purerpc's own bound. Its stream window, twice
+# that, must hold a whole message: it is handed back only once a message is read.
+MAX_GRPC_MESSAGE_BYTES = 32 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -85,6 +88,9 @@ class GrpcSettings:
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 9080
+    # Largest request message, as sent and once inflated (gRPC's usual 4 MiB);
+    # a larger one is answered RESOURCE_EXHAUSTED.
+    max_message_bytes: int = 4_194_304
 
 
 @dataclass(slots=True)
@@ -186,6 +192,11 @@ class Config:
             raise ConfigError(
                 f"metrics.max_tenants must be from 1 to {MAX_TENANT_SERIES},"
                 f" got {self.metrics.max_tenants}"
+            )
+        if not 1 <= self.grpc.max_message_bytes <= MAX_GRPC_MESSAGE_BYTES:
+            raise ConfigError(
+                f"grpc.max_message_bytes must be from 1 to {MAX_GRPC_MESSAGE_BYTES},"
+                f" got {self.grpc.max_message_bytes}"
             )
         if "{" in self.redis.key_prefix or "}" in self.redis.key_prefix:
             raise ConfigError("redis.key_prefix may not contain braces")

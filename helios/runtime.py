@@ -350,7 +350,10 @@ async def _start_gateway(
     runtime.addresses["http"] = listeners[0].socket.getsockname()[:2]
     if config.grpc.enabled:
         grpc_server = GrpcServer(
-            gateway, max_batch_checks=config.gateway.max_batch_checks, tracing=runtime.tracing
+            gateway,
+            max_batch_checks=config.gateway.max_batch_checks,
+            max_message_bytes=config.grpc.max_message_bytes,
+            tracing=runtime.tracing,
         )
         runtime.grpc_servers.append(grpc_server)
         # gRPC clients insist on negotiating HTTP/2 through ALPN.
