@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple, Protocol
 
 import trio
@@ -62,6 +62,25 @@ class Quota:
     bands: list[BandQuota]
 
 
+class Ask(NamedTuple):
+    """One check of several decided together, all or nothing (see :meth:`Gateway.decide_all`)."""
+
+    policy: Policy
+    tenant: str
+    resource: str
+    cost: int
+    # What this check asks of its bucket: its cost and those of the checks
+    # before it on the same bucket.
+    units: int
+    # For a remote backend: the policies ``policy`` recently replaced, newest first.
+    previous: Sequence[Policy] = ()
+
+    @property
+    def never(self) -> bool:
+        """True when the bucket cannot take ``units`` even when full."""
+        return self.units > self.policy.capacity
+
+
 class RemoteBackend(Protocol):
     """A backend that decides over the network (STRONG mode: Redis).
 
@@ -84,6 +103,15 @@ class RemoteBackend(Protocol):
     async def peek(
         self, policy: Policy, tenant: str, resource: str, previous: Sequence[Policy] = ()
     ) -> tuple[Decision, list[BandQuota]]: ...
+
+    async def decide_all(self, asks: Sequence[Ask]) -> list[Decision]:
+        """Decide asks together, all or nothing, as :meth:`Gateway.decide_all` says.
+
+        Per ask: its denial for its ``units`` when it does not fit; else its
+        decision when the asks were charged, or its bucket's figures (for 0
+        units) when they were not.
+        """
+        ...
 
     async def ping(self) -> None: ...
 
@@ -122,6 +150,30 @@ def _no_policy(tenant: str, resource: str) -> NotFound:
     return NotFound(
         f"no policy matches tenant {tenant!r} and resource {resource!r}", field="resource"
     )
+
+
+def _settle(ask: Ask, decision: Decision) -> Decision:
+    """What a check decided with others reports, from its bucket's decision
+    (see :meth:`Gateway.decide_all`).
+
+    A check that does not fit reports the units left for it: those of its
+    bucket less what the checks before it ask. One that can never fit is a
+    denial with its bucket's figures, to retry once the bucket is full again.
+    """
+    earlier = ask.units - ask.cost
+    if ask.never:
+        retry_after_seconds = max(1, decision.reset_seconds)
+        return replace(
+            decision,
+            allowed=ask.policy.shadow,
+            would_allow=False,
+            remaining=max(0, decision.remaining - earlier),
+            retry_after_ms=retry_after_seconds * 1000,
+            retry_after_seconds=retry_after_seconds,
+        )
+    if decision.would_allow or not earlier:
+        return decision
+    return replace(decision, remaining=max(0, decision.remaining - earlier))
 
 
 class Gateway:
@@ -345,6 +397,140 @@ class Gateway:
                 failed = failed or failure
                 results.append(decision)
         return results
+
+    def decide_all(self, checks: Sequence[Check], owner: str | None) -> list[Decision | None]:
+        """Decide checks together, all or nothing (Envoy's descriptors of one request).
+
+        Each check asks its bucket for its units: its cost and the costs of
+        the checks before it on the same bucket. It fits if the bucket can
+        take them now. If every check fits (a shadow policy never stops the
+        others), each bucket is charged the units of its last check that fits
+        and each decision describes the bucket after the check's units. If
+        not, nothing is charged: a check that fits reports its bucket as it
+        is, and one that does not is denied with the units left for it after
+        the checks before it. A check whose units exceed its policy's
+        capacity never fits. A check that no policy matches gets ``None``.
+        One instant decides them all.
+        """
+        asks = self._asks(checks, owner)
+        now_ns = self.clock.now_ns()
+        table = self.table
+        # Per bucket: its figures now (for 0 units), and each band's.
+        peeked: dict[tuple[str, str], tuple[Decision, list[BandQuota]]] = {}
+        fits: list[bool] = []
+        for ask in asks:
+            if ask is None:
+                fits.append(False)
+                continue
+            peek = peeked.get((ask.tenant, ask.resource))
+            if peek is None:
+                peek = table.peek(ask.policy, ask.tenant, ask.resource, now_ns)
+                peeked[ask.tenant, ask.resource] = peek
+            # Whole units left in every band: an integer number of units fits
+            # exactly when it is at most that, whatever the algorithm.
+            fits.append(not ask.never and all(ask.units <= band.remaining for band in peek[1]))
+        refused = any(
+            ask is not None and not fit and not ask.policy.shadow
+            for ask, fit in zip(asks, fits, strict=True)
+        )
+        if not refused:
+            self._check_room(asks, fits, peeked)
+
+        decisions: list[Decision | None] = [None] * len(asks)
+        # Those that do not fit first, on the buckets as they are: a denial
+        # writes nothing. Then those that fit, in order: each is charged its
+        # cost, after the checks before it on its bucket.
+        for index, (ask, fit) in enumerate(zip(asks, fits, strict=True)):
+            if ask is not None and not fit:
+                if ask.never:
+                    decision = peeked[ask.tenant, ask.resource][0]
+                else:
+                    decision = table.decide(ask.policy, ask.tenant, ask.resource, now_ns, ask.units)
+                decisions[index] = _settle(ask, decision)
+        for index, (ask, fit) in enumerate(zip(asks, fits, strict=True)):
+            if ask is not None and fit:
+                if refused:
+                    decisions[index] = peeked[ask.tenant, ask.resource][0]
+                else:
+                    decisions[index] = table.decide(
+                        ask.policy, ask.tenant, ask.resource, now_ns, ask.cost
+                    )
+        self._count_all(asks, decisions)
+        return decisions
+
+    def _check_room(
+        self,
+        asks: Sequence[Ask | None],
+        fits: Sequence[bool],
+        peeked: dict[tuple[str, str], tuple[Decision, list[BandQuota]]],
+    ) -> None:
+        """Refuse, before anything is charged, checks that may need more new buckets
+        than the table has room for: a refusal after others were charged would
+        leave them charged. A bucket whose bands are all full may be new."""
+        maybe_new: set[tuple[str, str]] = set()
+        for ask, fit in zip(asks, fits, strict=True):
+            if ask is None or not fit:
+                continue
+            bands = peeked[ask.tenant, ask.resource][1]
+            if all(band.remaining == band.band.capacity for band in bands):
+                maybe_new.add((ask.tenant, ask.resource))
+        if len(self.table) + len(maybe_new) > self.table.max_buckets:
+            raise CapacityExhausted(
+                f"the bucket table is too full ({len(self.table)} of"
+                f" {self.table.max_buckets} buckets) for {len(maybe_new)} more at once"
+            )
+
+    async def decide_all_remote(
+        self, checks: Sequence[Check], owner: str | None
+    ) -> list[Decision | None]:
+        """:meth:`decide_all` in the remote backend, in one call to it.
+
+        No failure mode applies: when the backend fails, or its circuit is
+        open, this raises :class:`~helios.errors.BackendError` (Envoy, which
+        asks for these decisions, has a failure mode of its own).
+        """
+        asks = self._asks(checks, owner)
+        wanted = [ask for ask in asks if ask is not None]
+        if not wanted:
+            return [None] * len(asks)
+        assert self.remote is not None
+        if not self.breaker.allows(trio.current_time()):
+            raise BackendError("the rate-limit store is unavailable (circuit open)")
+        try:
+            found = iter(await self.remote.decide_all(wanted))
+        except BackendError as error:
+            self._backend_failed(error)
+            raise
+        self.breaker.success()
+        decisions = [None if ask is None else _settle(ask, next(found)) for ask in asks]
+        self._count_all(asks, decisions)
+        return decisions
+
+    def _asks(self, checks: Sequence[Check], owner: str | None) -> list[Ask | None]:
+        """Each check validated and resolved, with its units; ``None`` where no policy matches."""
+        asks: list[Ask | None] = []
+        units: dict[tuple[str, str], int] = {}
+        for check in checks:
+            tenant = check_name(check.tenant, "tenant")
+            self.keys.permit(owner, tenant)
+            resource = check_name(check.resource, "resource")
+            policy = self.policies.resolve(tenant, resource)
+            if policy is None:
+                asks.append(None)
+                continue
+            total = units[tenant, resource] = units.get((tenant, resource), 0) + check.cost
+            previous = self._predecessors_of(policy) if self.remote is not None else ()
+            asks.append(Ask(policy, tenant, resource, check.cost, total, previous))
+        return asks
+
+    def _count_all(self, asks: Sequence[Ask | None], decisions: Sequence[Decision | None]) -> None:
+        """Count decisions taken together: all of them when they were charged,
+        else only those that did not fit (the others were neither allowed nor
+        charged)."""
+        refused = any(decision is not None and not decision.allowed for decision in decisions)
+        for ask, decision in zip(asks, decisions, strict=True):
+            if ask is not None and decision is not None and not (refused and decision.would_allow):
+                self._count(decision, ask.tenant)
 
     async def quota_remote(self, tenant: object, resource: object, owner: str | None) -> Quota:
         """The current figures of a bucket in the remote backend, charging nothing."""

@@ -1,26 +1,36 @@
--- One rate-limit decision for one bucket, atomically, on Redis time.
+-- Rate-limit decisions, atomically, on Redis time: one check, or several
+-- checks on one or more buckets that are charged all together or not at all.
 --
--- KEYS[1..n]  the state of band i: a hash, in one hash slot for the whole
---             bucket; then the keys of the previous policy's bands, if any.
--- ARGV[1]  algorithm: "token_bucket" | "fixed_window" | "sliding_window"
--- ARGV[2]  cost; 0 reads the state without changing it
--- ARGV[3]  n, the number of bands
--- ARGV[4 + 4(i-1) ...]  band i: limit, window in microseconds, burst,
---          calendar unit ("" | "day" | "week" | "month" | "year")
--- then, after the bands: the number of previous policies (those this one
--- recently replaced, most recent first), and for each: its algorithm, its band
--- count m, its m bands (4 values each), and for each band i the index (1..m)
--- of its band whose spent units band i inherits, or 0. KEYS holds each
--- previous policy's m keys after the bucket's own, in the same order.
+-- ARGV[1]  0 to decide; else refund (see the end): the Redis time, in
+--          microseconds, at which these checks were charged
+-- ARGV[2]  c, the number of checks; then each check in turn:
+--   algorithm: "token_bucket" | "fixed_window" | "sliding_window"
+--   units: what this check asks of its bucket, with the checks before it on
+--          the same bucket; 0 reads the state without changing it
+--   flags: 1 shadow (it never stops the other checks) + 2 never (it cannot
+--          fit at all; its figures are read with 0 units)
+--   n, the number of bands; then band i: limit, window in microseconds,
+--          burst, calendar unit ("" | "day" | "week" | "month" | "year")
+--   the number of previous policies (those this one recently replaced, most
+--          recent first), and for each: its algorithm, its band count m, its
+--          m bands (4 values each), and for each band i the index (1..m) of
+--          its band whose spent units band i inherits, or 0.
+-- KEYS: for each check in turn, the state of its n bands (hashes, in one hash
+--       slot for the whole bucket), then each previous policy's m keys.
 --
 -- A policy change that alters a band's algorithm or window gives that band
 -- a new key. Until the new key exists, its state is seeded with the units
 -- spent in the most recent previous key that still exists, so a change never
 -- refills a bucket.
 --
--- Returns {now_seconds, now_microseconds, then per band: allowed (1/0),
--- remaining, wait_us, reset_us}. Every band is checked first; only if all
--- allow (and cost > 0) is every band charged. A denial writes nothing.
+-- Returns {now_seconds, now_microseconds, refused (1/0), then for each check
+-- and each of its bands: allowed (1/0), remaining, wait_us, reset_us}.
+-- Every check is looked at first, each on the state the bucket has now. A
+-- check fits if every band of its bucket can take its units. Only if every
+-- check that is not shadow fits is each bucket charged, with the units of its
+-- last check that fits (checks on one bucket ask for more and more, so those
+-- that fit come first). Otherwise nothing is written, and a check that fits
+-- reports its bucket's figures as they are (0 units): `refused` is 1.
 --
 -- Numbers are Lua doubles: times are whole microseconds (exact up to 2^53),
 -- and the token bucket keeps the units it has spent, as a float, with the
@@ -32,10 +42,7 @@ local EPS_US = 1e-3
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local algorithm = ARGV[1]
-local cost = tonumber(ARGV[2])
-local n = tonumber(ARGV[3])
-local prev_base = 4 + 4 * n
+local refund_at = tonumber(ARGV[1])
 
 local function ceil_us(x)
   if x <= EPS_US then return 0 end
@@ -75,13 +82,13 @@ end
 
 local DAY_US = 86400 * 1000000
 
--- Start and end (microseconds) of the window containing `now`.
-local function bounds(window, calendar)
+-- Start and end (microseconds) of the window containing `at`.
+local function bounds(at, window, calendar)
   if calendar == '' then
-    local start = now - (now % window)
+    local start = at - (at % window)
     return start, start + window
   end
-  local days = math.floor(now / DAY_US)
+  local days = math.floor(at / DAY_US)
   if calendar == 'day' then
     return days * DAY_US, (days + 1) * DAY_US
   elseif calendar == 'week' then
@@ -98,16 +105,26 @@ local function bounds(window, calendar)
   return days_from_civil(y, 1, 1) * DAY_US, days_from_civil(y + 1, 1, 1) * DAY_US
 end
 
--- The policies this one recently replaced, most recent first: where each one's
--- band values, keys and inheritance map start.
-local previous = {}
+-- Each check: where its values and keys start, and the policies its policy
+-- recently replaced.
+local checks = {}
 do
-  local pos, key_pos = prev_base + 1, n + 1
-  for k = 1, tonumber(ARGV[prev_base]) do
-    local m = tonumber(ARGV[pos + 1])
-    previous[k] = {algorithm = ARGV[pos], bands = pos + 2, keys = key_pos, map = pos + 2 + 4 * m}
-    pos = pos + 2 + 4 * m + n
-    key_pos = key_pos + m
+  local pos, key_pos = 3, 1
+  for c = 1, tonumber(ARGV[2]) do
+    local n = tonumber(ARGV[pos + 3])
+    local check = {
+      algorithm = ARGV[pos], units = tonumber(ARGV[pos + 1]), flags = tonumber(ARGV[pos + 2]),
+      n = n, bands = pos + 4, keys = key_pos, previous = {},
+    }
+    local prev_base = pos + 4 + 4 * n
+    pos, key_pos = prev_base + 1, key_pos + n
+    for k = 1, tonumber(ARGV[prev_base]) do
+      local m = tonumber(ARGV[pos + 1])
+      check.previous[k] = {algorithm = ARGV[pos], bands = pos + 2, keys = key_pos, map = pos + 2 + 4 * m}
+      pos = pos + 2 + 4 * m + n
+      key_pos = key_pos + m
+    end
+    checks[c] = check
   end
 end
 
@@ -124,7 +141,7 @@ local function previous_spent(policy, j)
     if spent < 0 then return 0 end
     return spent
   elseif policy.algorithm == 'fixed_window' then
-    local start = bounds(window, calendar)
+    local start = bounds(now, window, calendar)
     local state = redis.call('HMGET', key, 'w', 'c')
     if tonumber(state[1]) == start then return tonumber(state[2]) end
     return 0
@@ -140,12 +157,14 @@ local function previous_spent(policy, j)
   return 0
 end
 
--- Spent units band i inherits when its own key does not exist yet: from the
--- most recent previous policy whose mapped key still exists.
-local function inherited(i)
-  if #previous == 0 or redis.call('EXISTS', KEYS[i]) == 1 then return 0 end
-  for k = 1, #previous do
-    local policy = previous[k]
+-- Spent units band i of a check inherits when its own key does not exist
+-- yet: from the most recent previous policy whose mapped key still exists.
+local function inherited(check, i)
+  if #check.previous == 0 or redis.call('EXISTS', KEYS[check.keys + i - 1]) == 1 then
+    return 0
+  end
+  for k = 1, #check.previous do
+    local policy = check.previous[k]
     local j = tonumber(ARGV[policy.map + i - 1])
     if j > 0 and redis.call('EXISTS', KEYS[policy.keys + j - 1]) == 1 then
       return previous_spent(policy, j)
@@ -154,116 +173,229 @@ local function inherited(i)
   return 0
 end
 
-local result = {t[1], t[2]}
-local all_ok = true
-local writes = {}
+-- Whether every band of a check's bucket can take `cost` now; each band's
+-- {allowed, remaining, wait, reset}, appended to `out`; and the writes that
+-- charge the cost.
+local function evaluate(check, cost, out)
+  local algorithm = check.algorithm
+  local all_ok = true
+  local writes = {}
+  for i = 1, check.n do
+    local base = check.bands + (i - 1) * 4
+    local key = KEYS[check.keys + i - 1]
+    local limit = tonumber(ARGV[base])
+    local window = tonumber(ARGV[base + 1])
+    local burst = tonumber(ARGV[base + 2])
+    local calendar = ARGV[base + 3]
+    local ok, remaining, wait, reset
 
-for i = 1, n do
-  local base = 4 + (i - 1) * 4
-  local limit = tonumber(ARGV[base])
-  local window = tonumber(ARGV[base + 1])
-  local burst = tonumber(ARGV[base + 2])
-  local calendar = ARGV[base + 3]
-  local ok, remaining, wait, reset
-
-  if algorithm == 'token_bucket' then
-    -- Spent units decay at limit/window per microsecond.
-    local state = redis.call('HMGET', KEYS[i], 's', 't')
-    local spent = 0
-    if state[1] then
-      spent = tonumber(state[1]) - (now - tonumber(state[2])) * limit / window
-      if spent < 0 then spent = 0 end
-    else
-      spent = inherited(i)
-    end
-    local after = spent + cost
-    if after <= burst + EPS_UNITS then
-      ok, remaining, wait = true, floor_units(burst - after), 0
-      reset = ceil_us(after * window / limit)
-      writes[i] = {'tb', string.format('%.17g', after), reset}
-    else
-      ok, remaining = false, floor_units(burst - spent)
-      wait = ceil_us((after - burst) * window / limit)
-      reset = ceil_us(spent * window / limit)
-    end
-  elseif algorithm == 'fixed_window' then
-    local start, finish = bounds(window, calendar)
-    local state = redis.call('HMGET', KEYS[i], 'w', 'c')
-    local count = 0
-    if state[1] and tonumber(state[1]) == start then
-      count = tonumber(state[2])
-    elseif not state[1] then
-      count = math.ceil(inherited(i) - EPS_UNITS)
-    end
-    reset = finish - now
-    if count + cost <= limit then
-      ok, remaining, wait = true, limit - count - cost, 0
-      writes[i] = {'fw', start, count + cost, finish}
-    else
-      ok, remaining, wait = false, math.max(0, limit - count), finish - now
-    end
-  else
-    -- Sliding window: previous × (1 − elapsed/window) + current.
-    local start = now - (now % window)
-    local elapsed = now - start
-    local state = redis.call('HMGET', KEYS[i], 'w', 'p', 'c')
-    local previous, current = 0, 0
-    if state[1] then
-      local w = tonumber(state[1])
-      if w == start then
-        previous, current = tonumber(state[2]), tonumber(state[3])
-      elseif w == start - window then
-        previous = tonumber(state[3])
-      end
-    else
-      current = math.ceil(inherited(i) - EPS_UNITS)
-    end
-    -- In units × window, to stay in whole numbers.
-    local used = previous * (window - elapsed) + current * window
-    local budget = limit * window
-    reset = start + window - now
-    if used + cost * window <= budget then
-      ok, remaining, wait = true, math.floor((budget - used - cost * window) / window), 0
-      writes[i] = {'sw', start, previous, current + cost}
-    else
-      ok, remaining = false, math.max(0, math.floor((budget - used) / window))
-      local room = limit - current - cost
-      if room >= 0 then
-        local needed = window - math.floor(room * window / previous)
-        wait = math.max(0, needed - elapsed)
+    if algorithm == 'token_bucket' then
+      -- Spent units decay at limit/window per microsecond.
+      local state = redis.call('HMGET', key, 's', 't')
+      local spent = 0
+      if state[1] then
+        spent = tonumber(state[1]) - (now - tonumber(state[2])) * limit / window
+        if spent < 0 then spent = 0 end
       else
-        room = limit - cost
-        local needed = 0
-        if current > room then needed = window - math.floor(room * window / current) end
-        wait = window - elapsed + needed
+        spent = inherited(check, i)
+      end
+      local after = spent + cost
+      if after <= burst + EPS_UNITS then
+        ok, remaining, wait = true, floor_units(burst - after), 0
+        reset = ceil_us(after * window / limit)
+        writes[i] = {'tb', string.format('%.17g', after), reset}
+      else
+        ok, remaining = false, floor_units(burst - spent)
+        wait = ceil_us((after - burst) * window / limit)
+        reset = ceil_us(spent * window / limit)
+      end
+    elseif algorithm == 'fixed_window' then
+      local start, finish = bounds(now, window, calendar)
+      local state = redis.call('HMGET', key, 'w', 'c')
+      local count = 0
+      if state[1] and tonumber(state[1]) == start then
+        count = tonumber(state[2])
+      elseif not state[1] then
+        count = math.ceil(inherited(check, i) - EPS_UNITS)
+      end
+      reset = finish - now
+      if count + cost <= limit then
+        ok, remaining, wait = true, limit - count - cost, 0
+        writes[i] = {'fw', start, count + cost, finish}
+      else
+        ok, remaining, wait = false, math.max(0, limit - count), finish - now
+      end
+    else
+      -- Sliding window: previous × (1 − elapsed/window) + current.
+      local start = now - (now % window)
+      local elapsed = now - start
+      local state = redis.call('HMGET', key, 'w', 'p', 'c')
+      local previous, current = 0, 0
+      if state[1] then
+        local w = tonumber(state[1])
+        if w == start then
+          previous, current = tonumber(state[2]), tonumber(state[3])
+        elseif w == start - window then
+          previous = tonumber(state[3])
+        end
+      else
+        current = math.ceil(inherited(check, i) - EPS_UNITS)
+      end
+      -- In units × window, to stay in whole numbers.
+      local used = previous * (window - elapsed) + current * window
+      local budget = limit * window
+      reset = start + window - now
+      if used + cost * window <= budget then
+        ok, remaining, wait = true, math.floor((budget - used - cost * window) / window), 0
+        writes[i] = {'sw', start, previous, current + cost, window}
+      else
+        ok, remaining = false, math.max(0, math.floor((budget - used) / window))
+        local room = limit - current - cost
+        if room >= 0 then
+          local needed = window - math.floor(room * window / previous)
+          wait = math.max(0, needed - elapsed)
+        else
+          room = limit - cost
+          local needed = 0
+          if current > room then needed = window - math.floor(room * window / current) end
+          wait = window - elapsed + needed
+        end
       end
     end
-  end
 
-  if not ok then all_ok = false end
-  result[#result + 1] = ok and 1 or 0
-  result[#result + 1] = remaining
-  result[#result + 1] = wait
-  result[#result + 1] = reset
+    if not ok then all_ok = false end
+    out[#out + 1] = ok and 1 or 0
+    out[#out + 1] = remaining
+    out[#out + 1] = wait
+    out[#out + 1] = reset
+  end
+  return all_ok, writes
 end
 
--- Charge every band, or none. Each key expires when its state would equal a
--- fresh one: no key lives forever, and none expires while it still counts.
-if all_ok and cost > 0 then
-  for i = 1, n do
+-- Each key expires when its state would equal a fresh one: no key lives
+-- forever, and none expires while it still counts.
+local function charge(check, writes)
+  for i = 1, check.n do
+    local key = KEYS[check.keys + i - 1]
     local w = writes[i]
     if w[1] == 'tb' then
-      redis.call('HSET', KEYS[i], 's', w[2], 't', now)
-      redis.call('PEXPIRE', KEYS[i], math.ceil(w[3] / 1000))
+      redis.call('HSET', key, 's', w[2], 't', now)
+      redis.call('PEXPIRE', key, math.ceil(w[3] / 1000))
     elseif w[1] == 'fw' then
-      redis.call('HSET', KEYS[i], 'w', w[2], 'c', w[3])
-      redis.call('PEXPIRE', KEYS[i], math.ceil((w[4] - now) / 1000))
+      redis.call('HSET', key, 'w', w[2], 'c', w[3])
+      redis.call('PEXPIRE', key, math.ceil((w[4] - now) / 1000))
     else
-      local window = tonumber(ARGV[4 + (i - 1) * 4 + 1])
-      redis.call('HSET', KEYS[i], 'w', w[2], 'p', w[3], 'c', w[4])
-      redis.call('PEXPIRE', KEYS[i], math.ceil((w[2] + 2 * window - now) / 1000))
+      redis.call('HSET', key, 'w', w[2], 'p', w[3], 'c', w[4])
+      redis.call('PEXPIRE', key, math.ceil((w[2] + 2 * w[5] - now) / 1000))
     end
   end
 end
 
+-- Refund: take back `units` charged at `refund_at` from each band of a
+-- check's bucket, as far as they still count. A token bucket gets back what
+-- has not flowed back since (as if the refunded units were the first to flow
+-- back); a window gets them back while the window they were counted in still
+-- counts. A refund never gives back more than the charge still holds, so it
+-- never lets a bucket admit more than its limit. Expiry times stay: a key
+-- holds less afterwards, so it is fresh no later than before.
+local function refund(check, units)
+  for i = 1, check.n do
+    local base = check.bands + (i - 1) * 4
+    local key = KEYS[check.keys + i - 1]
+    local limit = tonumber(ARGV[base])
+    local window = tonumber(ARGV[base + 1])
+    if check.algorithm == 'token_bucket' then
+      local state = redis.call('HMGET', key, 's', 't')
+      local back = units - (now - refund_at) * limit / window
+      if state[1] and back > 0 then
+        local spent = tonumber(state[1]) - (now - tonumber(state[2])) * limit / window
+        spent = math.max(0, spent - back)
+        redis.call('HSET', key, 's', string.format('%.17g', spent), 't', now)
+      end
+    elseif check.algorithm == 'fixed_window' then
+      local start = bounds(refund_at, window, ARGV[base + 3])
+      local state = redis.call('HMGET', key, 'w', 'c')
+      if state[1] and tonumber(state[1]) == start then
+        redis.call('HSET', key, 'c', math.max(0, tonumber(state[2]) - units))
+      end
+    else
+      local start = refund_at - (refund_at % window)
+      local state = redis.call('HMGET', key, 'w', 'p', 'c')
+      local w = tonumber(state[1])
+      if w == start then
+        redis.call('HSET', key, 'c', math.max(0, tonumber(state[3]) - units))
+      elseif w == start + window then
+        redis.call('HSET', key, 'p', math.max(0, tonumber(state[2]) - units))
+      end
+    end
+  end
+end
+
+local result = {t[1], t[2], 0}
+
+if refund_at > 0 then
+  -- Each bucket gives back the units of its check that asked for the most
+  -- (the one charged); then every check reports its bucket as it is.
+  local buckets, order = {}, {}
+  for c = 1, #checks do
+    local check = checks[c]
+    local key = KEYS[check.keys]
+    local bucket = buckets[key]
+    if bucket == nil then
+      bucket = {check = check, units = 0}
+      buckets[key] = bucket
+      order[#order + 1] = key
+    end
+    if check.units > bucket.units then bucket.units = check.units end
+  end
+  for _, key in ipairs(order) do
+    local bucket = buckets[key]
+    if bucket.units > 0 then refund(bucket.check, bucket.units) end
+  end
+  for c = 1, #checks do evaluate(checks[c], 0, result) end
+  return result
+end
+
+-- Decide: every check is looked at before anything is written.
+local figures, fits = {}, {}
+local charges, order = {}, {}
+local refused = false
+for c = 1, #checks do
+  local check = checks[c]
+  local out = {}
+  local ok, writes
+  if check.flags >= 2 then
+    evaluate(check, 0, out)
+    ok = false
+  else
+    ok, writes = evaluate(check, check.units, out)
+  end
+  if ok then
+    local key = KEYS[check.keys]
+    if charges[key] == nil then order[#order + 1] = key end
+    charges[key] = {check = check, writes = writes}
+  elseif check.flags % 2 == 0 then
+    refused = true
+  end
+  figures[c], fits[c] = out, ok
+end
+
+if refused then
+  result[3] = 1
+  for c = 1, #checks do
+    if fits[c] then
+      figures[c] = {}
+      evaluate(checks[c], 0, figures[c])
+    end
+  end
+else
+  for _, key in ipairs(order) do
+    local entry = charges[key]
+    if entry.check.units > 0 then charge(entry.check, entry.writes) end
+  end
+end
+
+for c = 1, #checks do
+  for _, value in ipairs(figures[c]) do result[#result + 1] = value end
+end
 return result
