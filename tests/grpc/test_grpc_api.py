@@ -15,7 +15,6 @@ from purerpc.grpclib.status import StatusCode
 from helios.grpc.generated.envoy.extensions.common.ratelimit.v3.ratelimit_pb2 import (
     RateLimitDescriptor,
 )
-from helios.grpc.generated.envoy.service.ratelimit.v3 import rls_grpc
 from helios.grpc.generated.envoy.service.ratelimit.v3.rls_pb2 import (
     RateLimitRequest,
     RateLimitResponse,
@@ -32,7 +31,6 @@ pytestmark = [
 
 KEY = (("x-api-key", API_KEY),)
 OK = RateLimitResponse.Code.OK
-OVER = RateLimitResponse.Code.OVER_LIMIT
 
 
 def descriptor(*entries: tuple[str, str], hits: int | None = None) -> RateLimitDescriptor:
@@ -113,81 +111,7 @@ async def test_error_codes(purerpc_channel: Any) -> None:
     assert (await stub.Allow(good, metadata=KEY)).allowed
 
 
-# Envoy RLS
-
-
-async def test_rls_one_over_charges_none(purerpc_channel: Any) -> None:
-    stub = rls_grpc.RateLimitServiceStub(purerpc_channel)
-    both = RateLimitRequest(
-        domain="acme",
-        descriptors=[descriptor(("remote_address", "10.0.0.1")), descriptor(("path", "/a"))],
-    )
-    first = await stub.ShouldRateLimit(both, metadata=KEY)
-    assert first.overall_code == OK
-    assert [s.limit_remaining for s in first.statuses] == [9, 0]
-    second = await stub.ShouldRateLimit(both, metadata=KEY)
-    assert second.overall_code == OVER
-    assert [s.code for s in second.statuses] == [OK, OVER]
-    # The address was not charged by the refused request.
-    assert second.statuses[0].limit_remaining == 9
-    assert second.statuses[0].current_limit.requests_per_unit == 10
-    assert second.statuses[0].current_limit.unit == RateLimitResponse.RateLimit.Unit.MINUTE
-    assert 0 < second.statuses[1].duration_until_reset.seconds <= 60
-    headers = {h.key: h.value for h in second.response_headers_to_add}
-    assert headers["x-ratelimit-remaining"] == "0"
-    assert "retry-after" in headers
-
-
-async def test_rls_hits_addend(purerpc_channel: Any) -> None:
-    stub = rls_grpc.RateLimitServiceStub(purerpc_channel)
-    address = descriptor(("remote_address", "10.0.0.2"))
-    zero = await stub.ShouldRateLimit(
-        RateLimitRequest(domain="acme", descriptors=[address], hits_addend=0), metadata=KEY
-    )
-    assert zero.statuses[0].limit_remaining == 9
-    five = await stub.ShouldRateLimit(
-        RateLimitRequest(domain="acme", descriptors=[address], hits_addend=5), metadata=KEY
-    )
-    assert five.statuses[0].limit_remaining == 4
-    own = descriptor(("remote_address", "10.0.0.2"), hits=5)
-    over = await stub.ShouldRateLimit(
-        RateLimitRequest(domain="acme", descriptors=[own], hits_addend=1), metadata=KEY
-    )
-    assert over.overall_code == OVER
-
-
-async def test_rls_unknown_domain_is_ok(purerpc_channel: Any) -> None:
-    stub = rls_grpc.RateLimitServiceStub(purerpc_channel)
-    reply = await stub.ShouldRateLimit(
-        RateLimitRequest(domain="nobody", descriptors=[descriptor(("a", "b"))]), metadata=KEY
-    )
-    assert reply.overall_code == OK
-    assert not reply.statuses[0].HasField("current_limit")
-
-
-async def test_rls_shadow_reports_ok(purerpc_channel: Any) -> None:
-    stub = rls_grpc.RateLimitServiceStub(purerpc_channel)
-    request = RateLimitRequest(domain="acme", descriptors=[descriptor(("shadow", "x"))])
-    request.descriptors[0].ClearField("entries")
-    request.descriptors[0].entries.add(key="shadow", value="x")
-    # resource "shadow=x" matches no policy; use the exact shadow resource
-    shadow = RateLimitRequest(domain="acme", descriptors=[])
-    shadow.descriptors.add().entries.add(key="shadow", value="x")
-    for _ in range(3):
-        reply = await stub.ShouldRateLimit(shadow, metadata=KEY)
-        assert reply.overall_code == OK
-
-
-async def test_rls_errors(purerpc_channel: Any) -> None:
-    stub = rls_grpc.RateLimitServiceStub(purerpc_channel)
-    request = RateLimitRequest(domain="acme", descriptors=[descriptor(("path", "/x"))])
-    assert await _code(stub.ShouldRateLimit(request)) == StatusCode.UNAUTHENTICATED
-    empty = RateLimitRequest(domain="acme")
-    assert await _code(stub.ShouldRateLimit(empty, metadata=KEY)) == StatusCode.INVALID_ARGUMENT
-    no_domain = RateLimitRequest(descriptors=[descriptor(("path", "/x"))])
-    assert await _code(stub.ShouldRateLimit(no_domain, metadata=KEY)) == (
-        StatusCode.INVALID_ARGUMENT
-    )
+# Envoy's rate limit service: see test_rls.py, in FAST and STRONG mode.
 
 
 # grpcio client, in a thread

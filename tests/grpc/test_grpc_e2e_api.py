@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import time
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
@@ -17,7 +18,10 @@ from grpc_e2e_support import (  # noqa: F401 - fixtures, found by name
     KEY,
     GrpcHelios,
     GrpcHeliosFactory,
+    RedisServer,
     grpc_helios_fixture,
+    redis_fixture,
+    stalled,
 )
 from purerpc.grpclib.exceptions import RpcFailedError
 from purerpc.grpclib.status import StatusCode
@@ -65,21 +69,21 @@ tenant = "acme"
 resource = "remote_address=*"
 algorithm = "fixed_window"
 limit = 10
-window = "1m"
+window = "1h"
 
 [[policies]]
 tenant = "acme"
 resource = "path=*"
 algorithm = "fixed_window"
 limit = 1
-window = "1m"
+window = "1h"
 
 [[policies]]
 tenant = "acme"
 resource = "shadow=*"
 algorithm = "fixed_window"
 limit = 1
-window = "1m"
+window = "1h"
 shadow = true
 """
 
@@ -241,7 +245,15 @@ async def _quota_remaining(stub: Any, resource: str) -> int:
 
 
 async def test_envoy_rls(grpc_helios: GrpcHeliosFactory) -> None:
-    process: GrpcHelios = grpc_helios(POLICIES)
+    await _envoy_rls_session(grpc_helios(POLICIES), "fast")
+
+
+async def test_envoy_rls_in_strong_mode(grpc_helios: GrpcHeliosFactory, redis: RedisServer) -> None:
+    await _envoy_rls_session(grpc_helios(POLICIES, redis_url=redis.url), "strong")
+
+
+async def _envoy_rls_session(process: GrpcHelios, mode: str) -> None:
+    """The same answers in either mode."""
     async with purerpc.insecure_channel(process.grpc_host, process.grpc_port) as channel:
         rls = rls_grpc.RateLimitServiceStub(channel)
         helios = ratelimit_grpc.RateLimitServiceStub(channel)
@@ -258,7 +270,15 @@ async def test_envoy_rls(grpc_helios: GrpcHeliosFactory) -> None:
         assert second.overall_code == OVER
         assert [s.code for s in second.statuses] == [OK, OVER]
         assert await _quota_remaining(helios, "remote_address=10.0.0.1") == 9
-        assert process.http_quota("acme", "remote_address=10.0.0.1")["remaining"] == 9
+        quota = process.http_quota("acme", "remote_address=10.0.0.1")
+        assert (quota["remaining"], quota["mode"]) == (9, mode)
+        # The headers HTTP sends, of the descriptor over its limit.
+        headers = {h.key: h.value for h in second.response_headers_to_add}
+        retry_after = int(headers["retry-after"])
+        assert 1 <= retry_after <= 3600
+        assert headers["ratelimit-policy"] == '"acme/path=*";q=1;w=3600'
+        assert headers["ratelimit"] == f'"acme/path=*";r=0;t={retry_after}'
+        assert (headers["x-ratelimit-limit"], headers["x-ratelimit-remaining"]) == ("1", "0")
 
         # hits_addend 0 counts as 1; 5 costs 5.
         address = descriptor(("remote_address", "10.0.0.2"))
@@ -288,3 +308,29 @@ async def test_envoy_rls(grpc_helios: GrpcHeliosFactory) -> None:
         assert after - before == 2
 
         assert await _code(rls.ShouldRateLimit(both)) == StatusCode.UNAUTHENTICATED
+
+
+async def test_envoy_rls_answers_unavailable_while_redis_stalls(
+    grpc_helios: GrpcHeliosFactory, redis: RedisServer
+) -> None:
+    # Every policy here has the default failure_mode "local": HTTP still
+    # decides in memory, but Envoy is told UNAVAILABLE and applies its own.
+    process = grpc_helios(POLICIES, redis_url=redis.url)
+    three = RateLimitRequest(
+        domain="acme",
+        descriptors=[
+            descriptor(("remote_address", "10.0.0.9")),
+            descriptor(("path", "/stall")),
+            descriptor(("shadow", "s")),
+        ],
+    )
+    async with purerpc.insecure_channel(process.grpc_host, process.grpc_port) as channel:
+        rls = rls_grpc.RateLimitServiceStub(channel)
+        assert (await rls.ShouldRateLimit(three, metadata=KEY)).overall_code == OK
+        with stalled(redis):
+            started = time.perf_counter()
+            assert await _code(rls.ShouldRateLimit(three, metadata=KEY)) == (StatusCode.UNAVAILABLE)
+            waited = time.perf_counter() - started
+            assert process.http_quota("acme", "remote_address=10.0.0.9")["mode"] == "local"
+    # One Redis timeout (200 ms), not one per descriptor, with room for a busy machine.
+    assert waited < 0.5, waited
