@@ -353,6 +353,7 @@ async def _start_gateway(
             gateway,
             max_batch_checks=config.gateway.max_batch_checks,
             max_message_bytes=config.grpc.max_message_bytes,
+            metrics=metrics,
             tracing=runtime.tracing,
         )
         runtime.grpc_servers.append(grpc_server)

@@ -20,7 +20,7 @@ own call and the connection goes on serving the others:
 - a call whose client resets its stream (a passed deadline, a cancelled
   call) is cancelled and logged nowhere: the client gave up, the server did
   nothing wrong;
-- each call answered is reported to an observer;
+- each call answered is reported to an observer (the gateway's metrics);
 - on shutdown each connection stops taking calls, finishes and flushes those
   in flight, then closes.
 
@@ -39,7 +39,7 @@ import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import nullcontext
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.abc
@@ -86,6 +86,9 @@ from helios.grpc.generated.envoy.service.ratelimit.v3.rls_pb2 import (
 from helios.grpc.generated.helios.v1 import ratelimit_grpc
 from helios.grpc.generated.helios.v1 import ratelimit_pb2 as pb
 from helios.tracing import Tracing, failed
+
+if TYPE_CHECKING:
+    from helios.gateway.metrics import GatewayMetrics
 
 log = logging.getLogger("helios.grpc")
 
@@ -1016,7 +1019,10 @@ class GrpcListener:
 
 
 class GrpcServer(GrpcListener):
-    """The gateway's gRPC listener: Helios's RateLimitService and Envoy's RLS v3."""
+    """The gateway's gRPC listener: Helios's RateLimitService and Envoy's RLS v3.
+
+    With ``metrics``, each call answered is counted and timed there.
+    """
 
     def __init__(
         self,
@@ -1024,6 +1030,7 @@ class GrpcServer(GrpcListener):
         *,
         max_batch_checks: int = DEFAULT_MAX_BATCH_CHECKS,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        metrics: GatewayMetrics | None = None,
         tracing: Tracing | None = None,
     ) -> None:
         self.gateway = gateway
@@ -1038,6 +1045,7 @@ class GrpcServer(GrpcListener):
                 ).service,
             },
             max_message_bytes=max_message_bytes,
+            observe=None if metrics is None else metrics.observe_grpc,
         )
 
 

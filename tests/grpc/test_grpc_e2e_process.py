@@ -1,5 +1,6 @@
 """The real ``helios`` process over gRPC: FAST/STRONG parity, deadlines while Redis stalls,
-the listener's address, shutdown with a call in flight, and TLS."""
+calls abandoned by their clients, the listener's address, shutdown with a call in flight,
+and TLS."""
 
 from __future__ import annotations
 
@@ -129,6 +130,61 @@ async def test_deadline_while_redis_stalls(
         remaining.append(decision.remaining)
     assert remaining == list(range(remaining[0], remaining[0] - 4, -1))
     assert process.http_quota("acme", "fixed")["remaining"] == remaining[-1]
+
+
+ABANDONED_CALLS = 20
+
+
+def _abandoned_calls(target: str, stubs: dict[str, ModuleType]) -> list[Any]:
+    """Calls in flight at once, each giving up after 0.2 s; their status codes."""
+    with grpc.insecure_channel(target) as channel:
+        grpc.channel_ready_future(channel).result(timeout=5)
+        stub = stubs["helios"].RateLimitServiceStub(channel)
+        request = pb.AllowRequest(tenant="acme", resource="fixed")
+        calls = [
+            stub.Allow.future(request, metadata=KEY, timeout=0.2) for _ in range(ABANDONED_CALLS)
+        ]
+        codes = []
+        for call in calls:
+            try:
+                call.result()
+            except grpc.RpcError as error:
+                codes.append(error.code())
+            else:
+                codes.append(None)
+        return codes
+
+
+async def test_calls_abandoned_by_their_clients_are_not_failures(
+    grpc_helios: GrpcHeliosFactory, grpcio_stubs: Any, redis: RedisServer
+) -> None:
+    process = grpc_helios(
+        POLICIES, redis_url=redis.url, settings={"HELIOS_REDIS_TIMEOUT_MS": "1000"}
+    )
+    first = await trio.to_thread.run_sync(_allow, process.target, grpcio_stubs, 5, "fixed")
+    assert first.allowed
+
+    def ended() -> float:
+        return sum(
+            process.metric("helios_requests_total", transport="grpc", code=code)
+            for code in ("DEADLINE_EXCEEDED", "CANCELLED")
+        )
+
+    with stalled(redis):
+        codes = await trio.to_thread.run_sync(_abandoned_calls, process.target, grpcio_stubs)
+        assert codes == [grpc.StatusCode.DEADLINE_EXCEEDED] * ABANDONED_CALLS
+        # The server ends each call at its deadline (or when the client
+        # resets its stream, whichever it sees first), and counts it.
+        started = time.monotonic()
+        while ended() < ABANDONED_CALLS:
+            assert time.monotonic() - started < 5, ended()
+            await trio.sleep(0.05)
+    assert ended() == ABANDONED_CALLS
+    # A client giving up is not the server's failure: nothing about it is logged.
+    grpc_lines = [
+        line for line in process.helios.log().splitlines() if "purerpc" in line or "grpc" in line
+    ]
+    assert not [line for line in grpc_lines if " WARNING " in line or " ERROR " in line]
 
 
 async def test_listens_on_configured_host_only(
