@@ -162,14 +162,19 @@ def _status(decision: Decision | None) -> RateLimitResponse.DescriptorStatus:
 
 
 def _headers(decisions: Sequence[Decision | None]) -> list[HeaderValue]:
-    """The rate-limit headers of the tightest descriptor: over its limit, or fewest left.
+    """The rate-limit headers of the tightest descriptor, as the HTTP API writes them.
 
-    The same headers as the HTTP API's, with the same figures.
+    The tightest is the one over its limit that must wait longest (the
+    request cannot succeed before), else the one with the fewest units left.
     """
     limited = [decision for decision in decisions if decision is not None]
     if not limited:
         return []
-    tightest = min(limited, key=lambda decision: (decision.allowed, decision.remaining))
+    over = [decision for decision in limited if not decision.allowed]
+    if over:
+        tightest = max(over, key=lambda decision: decision.retry_after_ms)
+    else:
+        tightest = min(limited, key=lambda decision: decision.remaining)
     band = tightest.band
     name = _structured_string(tightest.policy.name)
     t = tightest.reset_seconds if tightest.allowed else tightest.retry_after_seconds

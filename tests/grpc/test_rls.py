@@ -237,6 +237,17 @@ async def test_an_allowed_request_sends_the_headers_of_its_tightest_descriptor(r
     assert sent["ratelimit"] == '"acme/user=*";r=1;t=2880'
 
 
+async def test_of_several_descriptors_over_the_headers_name_the_longest_wait(rls: Rls) -> None:
+    both = request(descriptor(("path", "/w")), descriptor(("user", "frank"), hits=5))
+    assert (await rls(both)).overall_code == OK
+    over = await rls(both)
+    assert (over.overall_code, codes(over)) == (OVER, [OVER, OVER])
+    # The path's window ends within the hour; five units of 5 an hour take an hour.
+    sent = headers(over)
+    assert sent["ratelimit-policy"] == '"acme/user=*";q=5;w=3600'
+    assert sent["retry-after"] == "3600"
+
+
 async def test_hits_addend_zero_counts_one_and_five_counts_five(rls: Rls) -> None:
     address = descriptor(("remote_address", "10.0.0.2"))
     zero = await rls(request(address, hits=0))
