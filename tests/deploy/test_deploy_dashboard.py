@@ -42,7 +42,7 @@ def test_the_dashboard_covers_what_operators_watch() -> None:
 
     assert reads("helios_rate_limits_total[") and reads("by (result)")
     for quantile in ("0.5", "0.99"):
-        assert reads(f"histogram_quantile({quantile}, sum by (le) (rate(helios_decision_duration")
+        assert reads(f"histogram_quantile({quantile}, sum by (le, transport) (rate(helios_decision")
     assert reads('topk(10, sum by (tenant) (rate(helios_tenant_rate_limits_total{result="denied"}[')
     assert reads("helios_backend_errors_total")
     assert reads("helios_backend_circuit_state")
