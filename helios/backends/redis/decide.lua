@@ -1,8 +1,8 @@
 -- Rate-limit decisions, atomically, on Redis time: one check, or several
 -- checks on one or more buckets that are charged all together or not at all.
 --
--- ARGV[1]  0 to decide; else refund (see the end): the Redis time, in
---          microseconds, at which these checks were charged
+-- ARGV[1]  0 to decide; else refund: the Redis time, in microseconds, at
+--          which these checks were charged (see `refund` below)
 -- ARGV[2]  c, the number of checks; then each check in turn:
 --   algorithm: "token_bucket" | "fixed_window" | "sliding_window"
 --   units: what this check asks of its bucket, with the checks before it on
@@ -31,6 +31,8 @@
 -- last check that fits (checks on one bucket ask for more and more, so those
 -- that fit come first). Otherwise nothing is written, and a check that fits
 -- reports its bucket's figures as they are (0 units): `refused` is 1.
+-- A refund gives back, per bucket, the units of its check that asks for the
+-- most, and every check reports its bucket as the refund left it (0 units).
 --
 -- Numbers are Lua doubles: times are whole microseconds (exact up to 2^53),
 -- and the token bucket keeps the units it has spent, as a float, with the
@@ -114,11 +116,12 @@ do
     local n = tonumber(ARGV[pos + 3])
     local check = {
       algorithm = ARGV[pos], units = tonumber(ARGV[pos + 1]), flags = tonumber(ARGV[pos + 2]),
-      n = n, bands = pos + 4, keys = key_pos, previous = {},
+      n = n, bands = pos + 4, keys = key_pos, previous = false,
     }
     local prev_base = pos + 4 + 4 * n
     pos, key_pos = prev_base + 1, key_pos + n
     for k = 1, tonumber(ARGV[prev_base]) do
+      if k == 1 then check.previous = {} end
       local m = tonumber(ARGV[pos + 1])
       check.previous[k] = {algorithm = ARGV[pos], bands = pos + 2, keys = key_pos, map = pos + 2 + 4 * m}
       pos = pos + 2 + 4 * m + n
@@ -160,7 +163,7 @@ end
 -- Spent units band i of a check inherits when its own key does not exist
 -- yet: from the most recent previous policy whose mapped key still exists.
 local function inherited(check, i)
-  if #check.previous == 0 or redis.call('EXISTS', KEYS[check.keys + i - 1]) == 1 then
+  if not check.previous or redis.call('EXISTS', KEYS[check.keys + i - 1]) == 1 then
     return 0
   end
   for k = 1, #check.previous do
@@ -173,10 +176,10 @@ local function inherited(check, i)
   return 0
 end
 
--- Whether every band of a check's bucket can take `cost` now; each band's
--- {allowed, remaining, wait, reset}, appended to `out`; and the writes that
--- charge the cost.
-local function evaluate(check, cost, out)
+-- Whether every band of a check's bucket can take `cost` now, and the
+-- writes that charge the cost; each band's {allowed, remaining, wait, reset}
+-- goes into `out` from index `at` on.
+local function evaluate(check, cost, out, at)
   local algorithm = check.algorithm
   local all_ok = true
   local writes = {}
@@ -264,10 +267,11 @@ local function evaluate(check, cost, out)
     end
 
     if not ok then all_ok = false end
-    out[#out + 1] = ok and 1 or 0
-    out[#out + 1] = remaining
-    out[#out + 1] = wait
-    out[#out + 1] = reset
+    local j = at + (i - 1) * 4
+    out[j] = ok and 1 or 0
+    out[j + 1] = remaining
+    out[j + 2] = wait
+    out[j + 3] = reset
   end
   return all_ok, writes
 end
@@ -291,49 +295,55 @@ local function charge(check, writes)
   end
 end
 
--- Refund: take back `units` charged at `refund_at` from each band of a
--- check's bucket, as far as they still count. A token bucket gets back what
--- has not flowed back since (as if the refunded units were the first to flow
--- back); a window gets them back while the window they were counted in still
--- counts. A refund never gives back more than the charge still holds, so it
--- never lets a bucket admit more than its limit. Expiry times stay: a key
--- holds less afterwards, so it is fresh no later than before.
-local function refund(check, units)
-  for i = 1, check.n do
-    local base = check.bands + (i - 1) * 4
-    local key = KEYS[check.keys + i - 1]
-    local limit = tonumber(ARGV[base])
-    local window = tonumber(ARGV[base + 1])
-    if check.algorithm == 'token_bucket' then
-      local state = redis.call('HMGET', key, 's', 't')
-      local back = units - (now - refund_at) * limit / window
-      if state[1] and back > 0 then
-        local spent = tonumber(state[1]) - (now - tonumber(state[2])) * limit / window
-        spent = math.max(0, spent - back)
-        redis.call('HSET', key, 's', string.format('%.17g', spent), 't', now)
-      end
-    elseif check.algorithm == 'fixed_window' then
-      local start = bounds(refund_at, window, ARGV[base + 3])
-      local state = redis.call('HMGET', key, 'w', 'c')
-      if state[1] and tonumber(state[1]) == start then
-        redis.call('HSET', key, 'c', math.max(0, tonumber(state[2]) - units))
-      end
-    else
-      local start = refund_at - (refund_at % window)
-      local state = redis.call('HMGET', key, 'w', 'p', 'c')
-      local w = tonumber(state[1])
-      if w == start then
-        redis.call('HSET', key, 'c', math.max(0, tonumber(state[3]) - units))
-      elseif w == start + window then
-        redis.call('HSET', key, 'p', math.max(0, tonumber(state[2]) - units))
+-- The reply: the time, whether refused, then each check's bands in turn.
+local result = {t[1], t[2], 0}
+local at = 4
+for c = 1, #checks do
+  checks[c].at = at
+  at = at + 4 * checks[c].n
+end
+
+if refund_at > 0 then
+  -- Refund: take back `units` charged at `refund_at` from each band of a
+  -- check's bucket, as far as they still count. A token bucket gets back what
+  -- has not flowed back since (as if the refunded units were the first to flow
+  -- back); a window gets them back while the window they were counted in still
+  -- counts. A refund never gives back more than the charge still holds, so it
+  -- never lets a bucket admit more than its limit. Expiry times stay: a key
+  -- holds less afterwards, so it is fresh no later than before.
+  local function refund(check, units)
+    for i = 1, check.n do
+      local base = check.bands + (i - 1) * 4
+      local key = KEYS[check.keys + i - 1]
+      local limit = tonumber(ARGV[base])
+      local window = tonumber(ARGV[base + 1])
+      if check.algorithm == 'token_bucket' then
+        local state = redis.call('HMGET', key, 's', 't')
+        local back = units - (now - refund_at) * limit / window
+        if state[1] and back > 0 then
+          local spent = tonumber(state[1]) - (now - tonumber(state[2])) * limit / window
+          spent = math.max(0, spent - back)
+          redis.call('HSET', key, 's', string.format('%.17g', spent), 't', now)
+        end
+      elseif check.algorithm == 'fixed_window' then
+        local start = bounds(refund_at, window, ARGV[base + 3])
+        local state = redis.call('HMGET', key, 'w', 'c')
+        if state[1] and tonumber(state[1]) == start then
+          redis.call('HSET', key, 'c', math.max(0, tonumber(state[2]) - units))
+        end
+      else
+        local start = refund_at - (refund_at % window)
+        local state = redis.call('HMGET', key, 'w', 'p', 'c')
+        local w = tonumber(state[1])
+        if w == start then
+          redis.call('HSET', key, 'c', math.max(0, tonumber(state[3]) - units))
+        elseif w == start + window then
+          redis.call('HSET', key, 'p', math.max(0, tonumber(state[2]) - units))
+        end
       end
     end
   end
-end
 
-local result = {t[1], t[2], 0}
-
-if refund_at > 0 then
   -- Each bucket gives back the units of its check that asked for the most
   -- (the one charged); then every check reports its bucket as it is.
   local buckets, order = {}, {}
@@ -352,50 +362,40 @@ if refund_at > 0 then
     local bucket = buckets[key]
     if bucket.units > 0 then refund(bucket.check, bucket.units) end
   end
-  for c = 1, #checks do evaluate(checks[c], 0, result) end
+  for c = 1, #checks do evaluate(checks[c], 0, result, checks[c].at) end
   return result
 end
 
--- Decide: every check is looked at before anything is written.
-local figures, fits = {}, {}
-local charges, order = {}, {}
+-- Decide: every check is looked at before anything is written. Per bucket,
+-- the last check that fits is the one whose writes charge it.
+local last = {}
 local refused = false
 for c = 1, #checks do
   local check = checks[c]
-  local out = {}
-  local ok, writes
   if check.flags >= 2 then
-    evaluate(check, 0, out)
-    ok = false
+    evaluate(check, 0, result, check.at)
   else
-    ok, writes = evaluate(check, check.units, out)
+    local ok, writes = evaluate(check, check.units, result, check.at)
+    if ok then
+      check.writes = writes
+      last[KEYS[check.keys]] = check
+    end
+    check.fits = ok
   end
-  if ok then
-    local key = KEYS[check.keys]
-    if charges[key] == nil then order[#order + 1] = key end
-    charges[key] = {check = check, writes = writes}
-  elseif check.flags % 2 == 0 then
-    refused = true
-  end
-  figures[c], fits[c] = out, ok
+  if not check.fits and check.flags % 2 == 0 then refused = true end
 end
 
 if refused then
   result[3] = 1
   for c = 1, #checks do
-    if fits[c] then
-      figures[c] = {}
-      evaluate(checks[c], 0, figures[c])
-    end
+    if checks[c].fits then evaluate(checks[c], 0, result, checks[c].at) end
   end
 else
-  for _, key in ipairs(order) do
-    local entry = charges[key]
-    if entry.check.units > 0 then charge(entry.check, entry.writes) end
+  for c = 1, #checks do
+    local check = checks[c]
+    if check.fits and check.units > 0 and last[KEYS[check.keys]] == check then
+      charge(check, check.writes)
+    end
   end
-end
-
-for c = 1, #checks do
-  for _, value in ipairs(figures[c]) do result[#result + 1] = value end
 end
 return result
