@@ -3,7 +3,7 @@
 It answers ``Allow`` with a constant :class:`Decision` and ``AllowBatch`` with
 one constant decision per check, deciding nothing: no API key, no policy
 lookup, no bucket. It is served through Helios's own listener machinery
-(:class:`helios.grpc.server.GrpcListener`: the anyio listener bound to one host,
+(:class:`helios.grpc.transport.GrpcListener`: the anyio listener bound to one host,
 the same purerpc connection handler and strict stream), so the bare service
 and the ``helios`` gateway differ only in the work done per call.
 
@@ -24,7 +24,7 @@ import trio
 
 from helios.grpc.generated.helios.v1 import ratelimit_grpc
 from helios.grpc.generated.helios.v1 import ratelimit_pb2 as pb
-from helios.grpc.server import GrpcListener
+from helios.grpc.transport import GrpcListener
 
 # Field values shaped like a Helios answer for tenant "acme", resource "demo"
 # under bench/policies.toml, so the response messages are of similar size.

@@ -41,7 +41,8 @@ from helios.gateway.metrics_http import MetricsApi
 from helios.gateway.service import Clock, Gateway, RemoteBackend
 from helios.gateway.sync import PolicySync, Registration, gateway_id
 from helios.gateway.tenants import TenantCounts
-from helios.grpc.server import GrpcListener, GrpcServer
+from helios.grpc.server import GrpcServer
+from helios.grpc.transport import GrpcListener
 from helios.server.http import HTTPServer, Limits
 from helios.store.kv import KeyValueStore
 from helios.store.policy_file import file_version, load_policies

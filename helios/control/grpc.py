@@ -9,7 +9,7 @@ into a reply message. A :class:`~helios.errors.HeliosError` becomes the gRPC
 status its ``grpc_code`` names, with its message.
 
 :class:`ControlGrpcServer` serves it on Helios's own gRPC listener
-(:class:`~helios.grpc.server.GrpcListener`): bound to the configured host
+(:class:`~helios.grpc.transport.GrpcListener`): bound to the configured host
 only, TLS with ALPN ``h2``, draining on shutdown.
 """
 
@@ -33,7 +33,8 @@ from helios.errors import HeliosError, PermissionDenied, Unauthenticated
 from helios.gateway.auth import KeyRing
 from helios.grpc.generated.helios.v1 import control_grpc
 from helios.grpc.generated.helios.v1 import control_pb2 as pb
-from helios.grpc.server import GrpcListener, _status, api_key
+from helios.grpc.server import _status, api_key
+from helios.grpc.transport import GrpcListener
 
 log = logging.getLogger("helios.control")
 access_log = logging.getLogger("helios.control.access")
