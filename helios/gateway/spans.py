@@ -48,6 +48,20 @@ def note_decision(tenant: str, resource: str, decision: Decision) -> None:
         )
 
 
+def note_descriptors(tenant: str, descriptors: int, over_limit: bool, mode: str) -> None:
+    """Envoy's ShouldRateLimit: its domain (the tenant), its descriptors, the overall answer."""
+    span = DECISION_SPAN.get()
+    if span is not None:
+        span.set_attributes(
+            {
+                "helios.tenant": tenant,
+                "helios.descriptors": descriptors,
+                "helios.result": "denied" if over_limit else "allowed",
+                "helios.mode": mode,
+            }
+        )
+
+
 def note_quota(quota: Quota) -> None:
     span = DECISION_SPAN.get()
     if span is not None:

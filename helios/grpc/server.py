@@ -25,7 +25,13 @@ from helios.core.decision import Decision
 from helios.core.names import MAX_COST, check_name
 from helios.errors import HeliosError, InvalidRequest, Unauthenticated
 from helios.gateway.service import Check, Gateway, Quota
-from helios.gateway.spans import DECISION_SPAN, note_decision, note_outcomes, note_quota
+from helios.gateway.spans import (
+    DECISION_SPAN,
+    note_decision,
+    note_descriptors,
+    note_outcomes,
+    note_quota,
+)
 from helios.grpc import envoy
 from helios.grpc.generated.envoy.service.ratelimit.v3 import rls_grpc
 from helios.grpc.generated.envoy.service.ratelimit.v3.rls_pb2 import (
@@ -401,8 +407,17 @@ class EnvoyServicer(rls_grpc.RateLimitServiceServicer):
         gateway = self.gateway
         owner = gateway.identify(key)
         if gateway.remote is None:
-            return envoy.should_rate_limit(gateway, message, owner)
-        return await envoy.should_rate_limit_remote(gateway, message, owner)
+            response = envoy.should_rate_limit(gateway, message, owner)
+        else:
+            response = await envoy.should_rate_limit_remote(gateway, message, owner)
+        if self.calls.tracing is not None:
+            note_descriptors(
+                message.domain,
+                len(message.descriptors),
+                response.overall_code == RateLimitResponse.Code.OVER_LIMIT,
+                gateway.mode,
+            )
+        return response
 
 
 class GrpcServer(GrpcListener):

@@ -183,6 +183,10 @@ def test_grpc_calls_get_spans_with_the_callers_context(
     import grpc
     from e2e_support import free_ports
 
+    from helios.grpc.generated.envoy.extensions.common.ratelimit.v3.ratelimit_pb2 import (
+        RateLimitDescriptor,
+    )
+    from helios.grpc.generated.envoy.service.ratelimit.v3 import rls_pb2
     from helios.grpc.generated.helios.v1 import ratelimit_pb2 as pb
 
     (port,) = free_ports(1)
@@ -199,9 +203,20 @@ def test_grpc_calls_get_spans_with_the_callers_context(
             request_serializer=pb.GetQuotaRequest.SerializeToString,
             response_deserializer=pb.Quota.FromString,
         )
+        should_rate_limit = channel.unary_unary(
+            "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
+            request_serializer=rls_pb2.RateLimitRequest.SerializeToString,
+            response_deserializer=rls_pb2.RateLimitResponse.FromString,
+        )
         metadata = (("x-api-key", SECRET_KEY), ("traceparent", TRACEPARENT))
         assert allow(pb.AllowRequest(tenant="acme", resource="demo"), metadata=metadata).allowed
         quota(pb.GetQuotaRequest(tenant="acme", resource="demo"), metadata=metadata)
+        entry = RateLimitDescriptor.Entry(key="remote_address", value="10.0.0.1")
+        envoy_request = rls_pb2.RateLimitRequest(
+            domain="acme", descriptors=[RateLimitDescriptor(entries=[entry])] * 2
+        )
+        answer = should_rate_limit(envoy_request, metadata=metadata)
+        assert answer.overall_code == rls_pb2.RateLimitResponse.Code.OK
         try:
             allow(pb.AllowRequest(tenant="acme"), metadata=(("x-api-key", "wrong"),))
         except grpc.RpcError as error:
@@ -210,7 +225,7 @@ def test_grpc_calls_get_spans_with_the_callers_context(
             raise AssertionError("a wrong key was accepted")
 
     spans = receiver.wait_for(
-        lambda spans: len([s for s in spans if "rpc.method" in s.attributes]) >= 3
+        lambda spans: len([s for s in spans if "rpc.method" in s.attributes]) >= 4
     )
     by_method = {
         (span.attributes["rpc.method"], span.attributes["rpc.grpc.status_code"]): span
@@ -226,6 +241,13 @@ def test_grpc_calls_get_spans_with_the_callers_context(
     assert decided.attributes["helios.tenant"] == "acme"
     assert decided.attributes["helios.result"] == "allowed"
     assert by_method["GetQuota", 0].name == "helios.quota"
+    envoy = by_method["ShouldRateLimit", 0]
+    assert envoy.name == "helios.decide" and envoy.parent_span_id == PARENT_ID
+    assert envoy.attributes["rpc.service"] == "envoy.service.ratelimit.v3.RateLimitService"
+    assert envoy.attributes["helios.tenant"] == "acme"
+    assert envoy.attributes["helios.descriptors"] == 2
+    assert envoy.attributes["helios.result"] == "allowed"
+    assert envoy.attributes["helios.mode"] == "fast"
     refused = by_method["Allow", 16]  # UNAUTHENTICATED
     assert refused.attributes["helios.result"] == "error"
     for span in spans:
