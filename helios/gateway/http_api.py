@@ -24,6 +24,7 @@ from helios.core.decision import Decision
 from helios.core.names import coerce_cost, parse_cost
 from helios.core.policy import Band, Policy
 from helios.errors import HeliosError, InvalidRequest, MethodNotAllowed, NotFound
+from helios.gateway.headers import structured_string, window_parameter
 from helios.gateway.metrics import GatewayMetrics
 from helios.gateway.service import Check, Gateway, Quota
 from helios.gateway.spans import DECISION_SPAN, note_batch, note_decision, note_quota
@@ -96,19 +97,13 @@ def _json_string(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-def _quote_sf(text: str) -> str:
-    """``text`` as a structured-field string (RFC 8941): printable ASCII, escaped."""
-    cleaned = "".join(c if " " <= c <= "~" else "?" for c in text)
-    return '"' + cleaned.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 Endpoint = Callable[[Request], Response | Awaitable[Response]]
 
 
 def _band_lines(sf_name: str, band: Band) -> tuple[str, str]:
     """A band's fixed header text: the X-RateLimit-Limit line, and the
     RateLimit-Policy line with the start of the RateLimit line (up to ``r=``)."""
-    window = max(1, round(band.window_seconds))
+    window = window_parameter(band)
     return (
         f"x-ratelimit-limit: {band.limit}\r\n",
         f"ratelimit-policy: {sf_name};q={band.limit};w={window}\r\nratelimit: {sf_name};r=",
@@ -123,7 +118,7 @@ class _PolicyText:
     def __init__(self, policy: Policy) -> None:
         self.json_name = _json_string(policy.name)
         # A structured-field string (RFC 8941), for the RateLimit headers.
-        self.sf_name = _quote_sf(policy.name)
+        self.sf_name = structured_string(policy.name)
         self.bands = [(band, *_band_lines(self.sf_name, band)) for band in policy.bands]
 
 

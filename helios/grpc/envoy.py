@@ -28,6 +28,7 @@ from helios.core.decision import Decision
 from helios.core.names import MAX_COST, MAX_NAME_LENGTH
 from helios.core.policy import Band
 from helios.errors import InvalidRequest
+from helios.gateway.headers import structured_string, window_parameter
 from helios.gateway.service import Check, Gateway
 from helios.grpc.generated.envoy.config.core.v3.base_pb2 import HeaderValue
 from helios.grpc.generated.envoy.extensions.common.ratelimit.v3.ratelimit_pb2 import (
@@ -176,7 +177,7 @@ def _headers(decisions: Sequence[Decision | None]) -> list[HeaderValue]:
     else:
         tightest = min(limited, key=lambda decision: decision.remaining)
     band = tightest.band
-    name = _structured_string(tightest.policy.name)
+    name = structured_string(tightest.policy.name)
     t = tightest.reset_seconds if tightest.allowed else tightest.retry_after_seconds
     headers = [
         HeaderValue(key="x-ratelimit-limit", value=str(band.limit)),
@@ -184,16 +185,10 @@ def _headers(decisions: Sequence[Decision | None]) -> list[HeaderValue]:
         HeaderValue(key="x-ratelimit-reset", value=str(tightest.reset_time)),
         HeaderValue(
             key="ratelimit-policy",
-            value=f"{name};q={band.limit};w={max(1, round(band.window_seconds))}",
+            value=f"{name};q={band.limit};w={window_parameter(band)}",
         ),
         HeaderValue(key="ratelimit", value=f"{name};r={tightest.remaining};t={t}"),
     ]
     if not tightest.allowed:
         headers.append(HeaderValue(key="retry-after", value=str(tightest.retry_after_seconds)))
     return headers
-
-
-def _structured_string(text: str) -> str:
-    """``text`` as a structured-field string (RFC 8941): printable ASCII, escaped."""
-    cleaned = "".join(c if " " <= c <= "~" else "?" for c in text)
-    return '"' + cleaned.replace("\\", "\\\\").replace('"', '\\"') + '"'
