@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from helios.errors import InvalidRequest
 
 MAX_COST = 1_000_000_000
@@ -42,7 +44,7 @@ def coerce_cost(value: object) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_COST:
         return value
     raise InvalidRequest(
-        f"cost must be an integer from 1 to {MAX_COST}, got {value!r}", field="cost"
+        f"cost must be an integer from 1 to {MAX_COST}, got {_as_json(value)}", field="cost"
     )
 
 
@@ -51,7 +53,7 @@ def check_name(value: object, field: str) -> str:
     if value is None or value == "":
         raise InvalidRequest(f"{field} is required", field=field)
     if not isinstance(value, str):
-        raise InvalidRequest(f"{field} must be a string, got {value!r}", field=field)
+        raise InvalidRequest(f"{field} must be a string, got {_as_json(value)}", field=field)
     if len(value) > MAX_NAME_LENGTH:
         raise InvalidRequest(
             f"{field} must be at most {MAX_NAME_LENGTH} characters, got {len(value)}",
@@ -68,6 +70,15 @@ def check_name(value: object, field: str) -> str:
             # A lone surrogate (possible in JSON's \u escapes) is not text.
             raise InvalidRequest(f"{field} must be valid Unicode text", field=field)
     return value
+
+
+def _as_json(value: object) -> str:
+    """A value from a JSON document, written as JSON (``true``, ``1.5``, ``[1]``)."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def bucket_key(tenant: str, resource: str) -> bytes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -23,7 +24,7 @@ from helios import __version__
 from helios.core.decision import Decision
 from helios.core.names import coerce_cost, parse_cost
 from helios.core.policy import Band, Policy
-from helios.errors import HeliosError, InvalidRequest, MethodNotAllowed, NotFound
+from helios.errors import HeliosError, InvalidRequest, MethodNotAllowed, NotFound, Unauthenticated
 from helios.gateway.headers import structured_string, window_parameter
 from helios.gateway.metrics import GatewayMetrics
 from helios.gateway.service import Check, Gateway, Quota
@@ -61,6 +62,10 @@ def error_body(status: int, message: str, field: str | None = None) -> bytes:
     return json.dumps(body).encode()
 
 
+# A "%" not followed by two hexadecimal digits.
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
 def parse_query(query: str) -> dict[str, str]:
     """Decode a query string; a parameter given twice is an error."""
     params: dict[str, str] = {}
@@ -83,7 +88,7 @@ def parse_query(query: str) -> dict[str, str]:
                 if "%" in value or "+" in value:
                     value = unquote_plus(value, errors="strict")
             except UnicodeDecodeError:
-                raise InvalidRequest("the query string is not valid UTF-8") from None
+                raise InvalidRequest("the query string is not valid UTF-8", field="query") from None
         if name in params:
             raise InvalidRequest(f"{name} is given more than once", field=name)
         params[name] = value
@@ -270,12 +275,7 @@ class HttpApi:
         params = parse_query(request.query)
         owner = self.gateway.identify(_api_key(request, params))
         if request.method == "POST" and request.body.strip():
-            document = parse_json_object(request.body)
-            check = Check(
-                tenant=document.get("tenant"),
-                resource=document.get("resource", "default"),
-                cost=coerce_cost(document.get("cost")),
-            )
+            check = _json_check(parse_json_object(request.body), "")
         else:
             # Positional: a keyword call of the tuple's __new__ costs more.
             check = Check(
@@ -299,6 +299,7 @@ class HttpApi:
         params = parse_query(request.query)
         owner = self.gateway.identify(_api_key(request, params))
         document = parse_json_object(request.body)
+        _known_fields(document, ("checks",), "")
         raw_checks = document.get("checks")
         if not isinstance(raw_checks, list) or not raw_checks:
             raise InvalidRequest("checks must be a non-empty list", field="checks")
@@ -312,13 +313,7 @@ class HttpApi:
             try:
                 if not isinstance(raw, dict):
                     raise InvalidRequest(f"checks[{index}] must be an object", field="checks")
-                checks.append(
-                    Check(
-                        raw.get("tenant"),
-                        raw.get("resource", "default"),
-                        coerce_cost(raw.get("cost")),
-                    )
-                )
+                checks.append(_json_check(raw, f"checks[{index}]."))
             except HeliosError as error:
                 checks.append(error)
         return owner, checks
@@ -356,8 +351,13 @@ class HttpApi:
     def _quota_request(self, request: Request) -> tuple[str | None, str, str]:
         params = parse_query(request.query)
         owner = self.gateway.identify(_api_key(request, params))
+        encoded = request.path[len("/api/v1/quota/") :]
+        if _BAD_ESCAPE.search(encoded):
+            raise InvalidRequest(
+                "the tenant in the path holds a % that is not an escape (%XX)", field="tenant"
+            )
         try:
-            tenant = unquote(request.path[len("/api/v1/quota/") :], errors="strict")
+            tenant = unquote(encoded, errors="strict")
         except UnicodeDecodeError:
             raise InvalidRequest(
                 "the tenant in the path is not valid UTF-8", field="tenant"
@@ -489,11 +489,58 @@ class HttpApi:
         )
 
 
+_CHECK_FIELDS = ("tenant", "resource", "cost")
+
+
+def _json_check(document: dict[str, object], where: str) -> Check:
+    """The check a JSON object asks for; ``where`` prefixes field names in errors.
+
+    Only the check's three fields may be there: a misspelt one (``costs``)
+    would otherwise be ignored, and the request charged the default cost.
+    ``null`` is the same as a field left out.
+    """
+    _known_fields(document, _CHECK_FIELDS, where)
+    resource = document.get("resource")
+    return Check(
+        document.get("tenant"),
+        "default" if resource is None else resource,
+        coerce_cost(document.get("cost")),
+    )
+
+
+def _known_fields(document: dict[str, object], known: tuple[str, ...], where: str) -> None:
+    for name in document:
+        if name not in known:
+            raise InvalidRequest(
+                f"unknown field {where}{name}; the fields are {', '.join(known)}",
+                field=f"{where}{name}",
+            )
+
+
+def _no_repeats(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """A JSON object's members, refusing a name given twice (json.loads keeps the last)."""
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise InvalidRequest(f"{name} is given more than once", field=name)
+            seen.add(name)
+    return document
+
+
 def parse_json_object(body: bytes) -> dict[str, object]:
     """The JSON object in a request body; errors say what is wrong with it."""
     try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        document = json.loads(body, object_pairs_hook=_no_repeats)
+    except UnicodeDecodeError:
+        raise InvalidRequest("the request body is not valid JSON", field="body") from None
+    except ValueError as error:
+        if "integer string conversion" in str(error):
+            # Python refuses to read integers of thousands of digits.
+            raise InvalidRequest(
+                "the request body holds a number too long to read", field="body"
+            ) from None
         raise InvalidRequest("the request body is not valid JSON", field="body") from None
     except RecursionError:
         raise InvalidRequest("the request body nests too deeply", field="body") from None
@@ -509,13 +556,24 @@ def _api_key(request: Request, params: dict[str, str]) -> str | None:
     counts as absent, so that a key given another way is still found.
     """
     key = (request.header(b"x-api-key") or b"").strip()
+    if key and b"x-api-key" in request.repeated:
+        _one_value(request, b"x-api-key")
     if not key:
         authorization = (request.header(b"authorization") or b"").strip()
+        if authorization and b"authorization" in request.repeated:
+            _one_value(request, b"authorization")
         if authorization[:7].lower() == b"bearer ":
             key = authorization[7:].strip()
     if key:
         return key.decode("utf-8", "surrogateescape")
     return params.get("api_key") or None
+
+
+def _one_value(request: Request, name: bytes) -> None:
+    """Refuse a key header sent more than once with different values: which one counts?"""
+    values = {value.strip() for value in request.header_values(name)}
+    if len(values) > 1:
+        raise Unauthenticated("the API key is given more than once", field="api_key")
 
 
 def _header_text(request: Request, name: bytes) -> str | None:

@@ -43,10 +43,12 @@ _REASONS = {
     408: b"Request Timeout",
     413: b"Content Too Large",
     414: b"URI Too Long",
+    417: b"Expectation Failed",
     429: b"Too Many Requests",
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
     503: b"Service Unavailable",
+    505: b"HTTP Version Not Supported",
 }
 
 _RECEIVE_BYTES = 65536
@@ -73,7 +75,16 @@ class Limits:
 class Request:
     """One parsed HTTP request."""
 
-    __slots__ = ("_first", "_headers", "body", "keep_alive", "method", "path", "query")
+    __slots__ = (
+        "_first",
+        "_headers",
+        "body",
+        "keep_alive",
+        "method",
+        "path",
+        "query",
+        "repeated",
+    )
 
     def __init__(self) -> None:
         self.method = ""
@@ -85,6 +96,8 @@ class Request:
         # (the server's own, the API key, the trace context), and a dict
         # lookup is much cheaper than a scan of the list each time.
         self._first: dict[bytes, bytes] = {}
+        # The names of the headers sent more than once.
+        self.repeated: set[bytes] = set()
         self.body = b""
         self.keep_alive = True
 
@@ -97,17 +110,25 @@ class Request:
     def headers(self, headers: list[tuple[bytes, bytes]]) -> None:
         self._headers = []
         self._first = {}
+        self.repeated = set()
         for name, value in headers:
             self.add_header(name, value)
 
     def add_header(self, name: bytes, value: bytes) -> None:
         """Append a header (``name`` in lower case)."""
         self._headers.append((name, value))
-        self._first.setdefault(name, value)
+        if name in self._first:
+            self.repeated.add(name)
+        else:
+            self._first[name] = value
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of a header (``name`` in lower case), or ``None``."""
         return self._first.get(name)
+
+    def header_values(self, name: bytes) -> list[bytes]:
+        """Every value of a header (``name`` in lower case), in the order sent."""
+        return [value for header, value in self._headers if header == name]
 
 
 class Response:
@@ -363,7 +384,10 @@ class _Connection:
             # add_header, inlined: this runs for every header of every request.
             name = name.lower()
             request._headers.append((name, value))
-            request._first.setdefault(name, value)
+            if name in request._first:
+                request.repeated.add(name)
+            else:
+                request._first[name] = value
 
     def on_headers_complete(self) -> None:
         self.head_bytes = 0
@@ -379,8 +403,16 @@ class _Connection:
         if length is not None and length.isdigit() and int(length) > self.limits.max_body_bytes:
             self._fail(_Reject(413, f"request body larger than {self.limits.max_body_bytes} bytes"))
             return
+        version = self.parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            self._fail(_Reject(505, f"HTTP/{version} is not supported; send HTTP/1.1"))
+            return
         expect = request.header(b"expect")
-        if expect is not None and expect.lower() == b"100-continue":
+        if expect is not None:
+            if expect.strip().lower() != b"100-continue":
+                # RFC 9110, section 10.1.1: an expectation the server cannot meet.
+                self._fail(_Reject(417, "the only expectation supported is Expect: 100-continue"))
+                return
             self.continue_wanted = True
 
     def on_body(self, body: bytes) -> None:

@@ -187,3 +187,107 @@ def test_a_mistyped_set_flag_never_repeats_its_value(capsys: pytest.CaptureFixtu
 
     assert main(["--set", "gateway.allowed_api_key=s3cret-value"]) == 2
     assert "s3cret-value" not in capsys.readouterr().err
+
+
+async def _answer(conn: object, data: bytes) -> object:
+    await conn.send(data)  # type: ignore[attr-defined]
+    return await conn.read_response()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        # A misspelt field would otherwise be ignored, charging the default cost.
+        (b'{"tenant": "acme", "resource": "demo", "costs": 5}', "costs"),
+        (b'{"tenant": "acme", "resource": "demo", "cost": 1, "cost": 5}', "cost"),
+        (b'{"tenant": "acme", "tenant": "beta", "resource": "demo"}', "tenant"),
+        (b'{"tenant": "acme", "resource": "demo", "cost": 1' + b"0" * 5000 + b"}", "body"),
+    ],
+)
+async def test_a_json_check_with_unknown_or_repeated_fields_is_a_400_naming_them(
+    body: bytes, field: str
+) -> None:
+    server = make_server(make_gateway(DEMO))
+    async with trio.open_nursery() as nursery:
+        conn = open_connection(nursery, server)
+        response = await _answer(conn, request_bytes("POST", "/api/v1/allow", body=body))
+        assert (response.status, response.json["field"]) == (400, field)  # type: ignore[attr-defined]
+        assert await remaining(conn) == 10
+        nursery.cancel_scope.cancel()
+
+
+async def test_in_a_batch_an_unknown_field_answers_only_its_check() -> None:
+    server = make_server(make_gateway(DEMO))
+    async with trio.open_nursery() as nursery:
+        conn = open_connection(nursery, server)
+        body = (
+            b'{"checks": [{"tenant": "acme", "resource": "demo", "cost": 3},'
+            b' {"tenant": "acme", "resource": "demo", "kost": 2},'
+            b' {"tenant": "acme", "resource": null}]}'
+        )
+        response = await _answer(conn, request_bytes("POST", "/api/v1/allow/batch", body=body))
+        first, second, third = response.json["results"]  # type: ignore[attr-defined]
+        assert (first["status"], first["remaining"]) == (200, 7)
+        assert (second["status"], second["field"]) == (400, "checks[1].kost")
+        # null is a field left out: the resource "default".
+        assert (third["status"], third["resource"], third["remaining"]) == (200, "default", 9)
+        response = await _answer(
+            conn, request_bytes("POST", "/api/v1/allow/batch", body=b'{"checks": [], "x": 1}')
+        )
+        assert (response.status, response.json["field"]) == (400, "x")  # type: ignore[attr-defined]
+        assert await remaining(conn) == 7
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_key_header_sent_twice_with_different_keys_is_refused() -> None:
+    server = make_server(make_gateway(DEMO))
+    target = allow_target(tenant="acme", resource="demo")
+    async with trio.open_nursery() as nursery:
+        conn = open_connection(nursery, server)
+        for name, value in (("x-api-key", "other-key"), ("authorization", "Bearer other-key")):
+            first = API_KEY if name == "x-api-key" else f"Bearer {API_KEY}"
+            for headers in ([(name, first), (name, value)], [(name, value), (name, first)]):
+                data = request_bytes("GET", target, headers=headers, api_key=None)
+                response = await _answer(conn, data)
+                assert response.status == 401  # type: ignore[attr-defined]
+                assert response.json == {  # type: ignore[attr-defined]
+                    "error": "the API key is given more than once",
+                    "field": "api_key",
+                }
+            # The same key twice says one thing.
+            data = request_bytes(
+                "GET", target, headers=[(name, first), (name, first)], api_key=None
+            )
+            assert (await _answer(conn, data)).status == 200  # type: ignore[attr-defined]
+        assert await remaining(conn) == 8
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    "request_line, headers, status",
+    [
+        ("GET /health HTTP/2.0", [], 505),
+        ("GET /health HTTP/1.1", [("expect", "something-else")], 417),
+    ],
+)
+async def test_a_version_or_expectation_the_server_cannot_meet_is_refused(
+    request_line: str, headers: list[tuple[str, str]], status: int
+) -> None:
+    server = make_server(make_gateway(DEMO))
+    async with trio.open_nursery() as nursery:
+        conn = open_connection(nursery, server)
+        lines = [request_line, "host: helios.test", *(f"{n}: {v}" for n, v in headers)]
+        response = await _answer(conn, ("\r\n".join(lines) + "\r\n\r\n").encode())
+        assert response.status == status  # type: ignore[attr-defined]
+        assert await conn.closed_by_server()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_tenant_in_the_quota_path_with_a_broken_escape_is_a_400() -> None:
+    server = make_server(make_gateway(DEMO))
+    async with trio.open_nursery() as nursery:
+        conn = open_connection(nursery, server)
+        response = await conn.get("/api/v1/quota/%ZZ?resource=demo")
+        assert (response.status, response.json["field"]) == (400, "tenant")
+        assert (await conn.get("/api/v1/quota/%61cme?resource=demo")).status == 200
+        nursery.cancel_scope.cancel()
