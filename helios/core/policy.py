@@ -155,7 +155,7 @@ def parse_policy(data: Mapping[str, object], *, where: str = "policy") -> Policy
     algorithm = data.get("algorithm", "token_bucket")
     if algorithm not in ALGORITHMS:
         raise PolicyError(
-            f"{where}.algorithm must be one of {', '.join(ALGORITHMS)}, got {algorithm!r}",
+            f"{where}.algorithm must be one of {', '.join(ALGORITHMS)}, got {shown(algorithm)}",
             field="algorithm",
         )
     assert isinstance(algorithm, str)
@@ -181,26 +181,34 @@ def parse_policy(data: Mapping[str, object], *, where: str = "policy") -> Policy
 
     shadow = data.get("shadow", False)
     if not isinstance(shadow, bool):
-        raise PolicyError(f"{where}.shadow must be true or false, got {shadow!r}", field="shadow")
+        raise PolicyError(
+            f"{where}.shadow must be true or false, got {shown(shadow)}", field="shadow"
+        )
     failure_mode = data.get("failure_mode", "local")
     if failure_mode not in FAILURE_MODES:
         raise PolicyError(
-            f"{where}.failure_mode must be one of {', '.join(FAILURE_MODES)}, got {failure_mode!r}",
+            f"{where}.failure_mode must be one of {', '.join(FAILURE_MODES)},"
+            f" got {shown(failure_mode)}",
             field="failure_mode",
         )
     assert isinstance(failure_mode, str)
     description = data.get("description", "")
     if not isinstance(description, str):
-        raise PolicyError(f"{where}.description must be a string", field="description")
+        raise PolicyError(
+            f"{where}.description must be a string, got {shown(description)}",
+            field="description",
+        )
     return Policy(tenant, resource, algorithm, bands, shadow, failure_mode, description)
 
 
 def check_pattern(value: object, field: str) -> str:
     name = field.rsplit(".", 1)[-1]
-    if not isinstance(value, str) or not value:
+    if value is None or value == "":
         raise PolicyError(f"{field} is required (a name, or a prefix ending in '*')", field=name)
+    if not isinstance(value, str):
+        raise PolicyError(f"{field} must be a string, got {shown(value)}", field=name)
     if "*" in value[:-1]:
-        raise PolicyError(f"{field} may hold '*' only at its end, got {value!r}", field=name)
+        raise PolicyError(f"{field} may hold '*' only at its end, got {shown(value)}", field=name)
     if any(ord(c) < 0x20 or c == "\x7f" for c in value):
         raise PolicyError(f"{field} must not contain control characters", field=name)
     return value
@@ -216,7 +224,9 @@ def _band(raw: object, algorithm: str, where: str) -> Band:
     limit = _count(raw.get("limit"), f"{where}.limit", "limit")
     calendar = raw.get("calendar", False)
     if not isinstance(calendar, bool):
-        raise PolicyError(f"{where}.calendar must be true or false", field="calendar")
+        raise PolicyError(
+            f"{where}.calendar must be true or false, got {shown(calendar)}", field="calendar"
+        )
     if calendar and algorithm != "fixed_window":
         raise PolicyError(
             f"{where}.calendar needs algorithm fixed_window, not {algorithm}",

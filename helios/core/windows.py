@@ -11,6 +11,7 @@ import json
 import math
 import re
 from datetime import UTC, datetime, timedelta
+from fractions import Fraction
 
 from helios.errors import PolicyError
 
@@ -21,6 +22,7 @@ CALENDAR_UNITS = ("day", "week", "month", "year")
 _NOMINAL_SECONDS = {"day": 86_400, "week": 604_800, "month": 2_592_000, "year": 31_536_000}
 
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 _WORD_SECONDS = {
     "second": 1,
     "minute": 60,
@@ -30,10 +32,13 @@ _WORD_SECONDS = {
 }
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d|w)")
 
-# Longest window accepted: ten years. Anything longer is almost certainly a
-# typo, and bounding it keeps window arithmetic well inside float precision.
-MAX_WINDOW_SECONDS = 10 * 366 * 86_400
-MIN_WINDOW_SECONDS = 0.001
+# Longest window accepted: ten years of 365 days (a calendar year's nominal
+# length). Anything longer is almost certainly a typo, and bounding it keeps
+# window arithmetic well inside float precision.
+MAX_WINDOW_MS = 10 * _NOMINAL_SECONDS["year"] * 1000
+# Shortest window. Windows are whole milliseconds: the API shows them so
+# ("1500ms"), and the window shown must be the window enforced.
+MIN_WINDOW_MS = 1
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -49,60 +54,86 @@ def parse_window(
     Accepts a number of seconds, a duration such as ``"500ms"``, ``"10s"``,
     ``"1m"``, ``"1h"``, ``"1d"``, ``"1w"``, or the words ``second``, ``minute``,
     ``hour``, ``day``, ``week``, ``month``, ``year``. With ``calendar`` the
-    window must be one of the calendar units.
+    window must be one of the calendar units. A window is a whole number of
+    milliseconds from 1 ms to 10 years (:data:`MAX_WINDOW_MS`), bounds included.
     """
     if calendar:
         if value not in CALENDAR_UNITS:
             raise PolicyError(
                 f"{field} must be one of day, week, month, year when calendar = true,"
-                f" got {value!r}",
+                f" got {shown(value)}",
                 field="window",
             )
         unit = str(value)
         return float(_NOMINAL_SECONDS[unit]), unit
-    seconds = _window_seconds(value, field)
-    if not MIN_WINDOW_SECONDS <= seconds <= MAX_WINDOW_SECONDS:
+    ms = _window_ms(value, field)
+    if not MIN_WINDOW_MS <= ms <= MAX_WINDOW_MS:
         raise PolicyError(
-            f"{field} must be between 1ms and 10 years, got {value!r}", field="window"
+            f"{field} must be from 1ms to 10 years ({MAX_WINDOW_MS // 1000} seconds),"
+            f" got {shown(value)}",
+            field="window",
         )
-    return seconds, None
+    if ms.denominator != 1:
+        raise PolicyError(
+            f"{field} must be a whole number of milliseconds, got {shown(value)}",
+            field="window",
+        )
+    return int(ms) / 1000, None
 
 
 # A number of seconds written as text ("60", "0.5").
 _SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+# Longer text is no window (and exact arithmetic on it would be slow).
+_MAX_WINDOW_TEXT = 32
+# How much of a value an error message shows.
+_MAX_SHOWN = 100
 
 
 def shown(value: object) -> str:
-    """A value as an error message shows it: as JSON when it is JSON (``true``, ``null``)."""
+    """A value as an error message shows it: as JSON when it is JSON (``true``, ``null``).
+
+    Text keeps its characters (``"ü"``, not ``"\\u00fc"``) unless it is not
+    valid Unicode; a long value is cut short.
+    """
     try:
-        return json.dumps(value, allow_nan=False)
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+        text.encode()
+    except UnicodeEncodeError:
+        # A lone surrogate (possible in JSON's \u escapes) stays escaped: a
+        # message is text.
+        text = json.dumps(value)
     except (TypeError, ValueError):
-        return repr(value)
+        text = repr(value)
+    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 1] + "…"
 
 
-def _window_seconds(value: object, field: str) -> float:
+def _window_ms(value: object, field: str) -> Fraction:
+    """The window in milliseconds, exactly as written (0.0015 is 1.5 ms, not 2)."""
     if isinstance(value, bool):
         raise PolicyError(f"{field} must be a duration, got {shown(value)}", field="window")
-    if isinstance(value, (int, float)):
+    if isinstance(value, int):
+        return Fraction(value * 1000)
+    if isinstance(value, float):
         if not math.isfinite(value):
             raise PolicyError(f"{field} must be finite, got {shown(value)}", field="window")
-        return float(value)
-    if isinstance(value, str):
+        # The shortest text that reads back as this float: what was written.
+        return Fraction(repr(value)) * 1000
+    if isinstance(value, str) and len(value) <= _MAX_WINDOW_TEXT:
         if value in _WORD_SECONDS:
-            return float(_WORD_SECONDS[value])
+            return Fraction(_WORD_SECONDS[value] * 1000)
         if value in ("month", "year"):
             raise PolicyError(
-                f"{field} {value!r} needs calendar = true (months and years vary in length)",
+                f"{field} {shown(value)} needs calendar = true (months and years vary in length)",
                 field="window",
             )
         match = _DURATION.fullmatch(value)
         if match:
-            return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+            return Fraction(match.group(1)) * _UNIT_MS[match.group(2)]
         if _SECONDS.fullmatch(value):
-            return float(value)
+            return Fraction(value) * 1000
     raise PolicyError(
-        f"{field} must be a number of seconds or a duration like '500ms', '10s', '1m',"
-        f" '1h', '1d', '1w', got {shown(value)}",
+        f'{field} must be a number of seconds or a duration like "500ms", "10s", "1m",'
+        f' "1h", "1d", "1w", got {shown(value)}',
         field="window",
     )
 

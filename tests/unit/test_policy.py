@@ -202,6 +202,90 @@ def test_bad_window_is_rejected_and_the_message_names_it(window: object) -> None
     assert caught.value.field is not None and caught.value.field.endswith("window")
 
 
+@pytest.mark.parametrize(
+    ("window", "ms"),
+    [
+        # The bounds themselves, in every form.
+        (0.001, 1),
+        ("0.001", 1),
+        ("1ms", 1),
+        ("0.001s", 1),
+        (315_360_000, 315_360_000_000),
+        (315_360_000.0, 315_360_000_000),
+        ("315360000", 315_360_000_000),
+        ("3650d", 315_360_000_000),
+        ("87600h", 315_360_000_000),
+        # Whole milliseconds however they are written; floats as written, not
+        # as their binary value (0.007 is 7 ms, though 0.007 * 1000 is not 7).
+        (0.007, 7),
+        (1.5, 1500),
+        ("1.5m", 90_000),
+        ("0.25h", 900_000),
+        ("315359999.999", 315_359_999_999),
+    ],
+)
+def test_windows_in_whole_milliseconds_from_1ms_to_10_years(window: object, ms: int) -> None:
+    [band] = parse_policy(doc("acme", "demo", window=window)).bands
+    assert band.window_seconds == ms / 1000
+    assert band.window_ns == ms * 1_000_000
+
+
+@pytest.mark.parametrize(
+    ("window", "message"),
+    [
+        (0.0015, "policy.window must be a whole number of milliseconds, got 0.0015"),
+        ("0.0015", 'policy.window must be a whole number of milliseconds, got "0.0015"'),
+        ("1.5ms", 'policy.window must be a whole number of milliseconds, got "1.5ms"'),
+        ("1.0000000000000000000000000001s", "policy.window must be a whole number of"),
+        (1.0001, "policy.window must be a whole number of milliseconds, got 1.0001"),
+        (0.0009, "policy.window must be from 1ms to 10 years (315360000 seconds), got 0.0009"),
+        ("0.9ms", 'policy.window must be from 1ms to 10 years (315360000 seconds), got "0.9ms"'),
+        (
+            315_360_000.001,
+            "policy.window must be from 1ms to 10 years (315360000 seconds), got 315360000.001",
+        ),
+        (315_360_000.5, "policy.window must be from 1ms to 10 years"),
+        ("3650.001d", "policy.window must be from 1ms to 10 years"),
+        ("3651d", "policy.window must be from 1ms to 10 years"),
+        (10 * 366 * 86_400, "policy.window must be from 1ms to 10 years"),
+        (10**400, "policy.window must be from 1ms to 10 years"),
+        ("1" * 33, "policy.window must be a number of seconds or a duration"),
+    ],
+)
+def test_windows_out_of_bounds_or_between_milliseconds_are_refused(
+    window: object, message: str
+) -> None:
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(doc("acme", "demo", window=window))
+    assert caught.value.field == "window"
+    assert caught.value.message.startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"algorithm": None}, "got null"),
+        ({"algorithm": "leaky"}, 'got "leaky"'),
+        ({"algorithm": ["token_bucket"]}, 'got ["token_bucket"]'),
+        ({"shadow": "true"}, 'policy.shadow must be true or false, got "true"'),
+        ({"failure_mode": False}, "got false"),
+        ({"calendar": "yes"}, 'policy.calendar must be true or false, got "yes"'),
+        ({"description": 1.5}, "policy.description must be a string, got 1.5"),
+        ({"tenant": 5}, "policy.tenant must be a string, got 5"),
+        ({"tenant": "a*b"}, "policy.tenant may hold '*' only at its end, got \"a*b\""),
+        ({"window": "ü"}, 'got "ü"'),
+        ({"window": "\ud800"}, 'got "\\ud800"'),
+        ({"window": "x" * 500}, 'got "' + "x" * 98 + "…"),
+        ({"window": "month"}, 'policy.window "month" needs calendar = true'),
+        ({"window": "1m", "calendar": True, "algorithm": "fixed_window"}, 'got "1m"'),
+    ],
+)
+def test_values_at_fault_are_shown_as_json(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(PolicyError) as caught:
+        parse_policy({**doc("acme", "demo"), **changes})
+    assert message in caught.value.message
+
+
 def test_bad_window_field_is_the_bare_name_like_other_fields() -> None:
     with pytest.raises(PolicyError) as caught:
         parse_policy(doc("acme", "demo", window="10x"))
