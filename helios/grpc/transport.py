@@ -16,7 +16,10 @@ own call and the connection goes on serving the others:
   message that does not inflate INTERNAL, as the gRPC spec says;
 - a message that does not parse, or a unary call with no message or more
   than one, is answered INVALID_ARGUMENT (purerpc would answer CANCELLED);
-  headers that are not a gRPC request reset their stream;
+  headers that are not a gRPC request reset their stream, and so does a
+  request that HTTP/2 finds malformed (white space around a metadata value,
+  an upper-case name, bad trailers, ...), which h2 makes a connection error
+  and RFC 9113 a stream error;
 - a call whose client resets its stream (a passed deadline, a cancelled
   call) is cancelled and logged nowhere: the client gave up, the server did
   nothing wrong;
@@ -43,13 +46,25 @@ import anyio.abc
 import trio
 from anyio.streams.tls import TLSListener
 from google.protobuf.message import DecodeError
+from h2.config import H2Configuration  # type: ignore[import-untyped]
+from h2.connection import (  # type: ignore[import-untyped]
+    AllowedStreamIDs,
+    ConnectionInputs,
+    H2Connection,
+    _decode_headers,
+)
 from h2.errors import ErrorCodes  # type: ignore[import-untyped]
+from h2.events import StreamReset  # type: ignore[import-untyped]
 from h2.exceptions import (  # type: ignore[import-untyped]
-    ProtocolError as H2ProtocolError,
+    InvalidBodyLengthError,
+    StreamClosedError,
+    TooManyStreamsError,
 )
 from h2.exceptions import (
-    StreamClosedError as H2StreamClosedError,
+    ProtocolError as H2ProtocolError,
 )
+from h2.stream import StreamClosedBy, StreamState  # type: ignore[import-untyped]
+from hyperframe.frame import RstStreamFrame, WindowUpdateFrame  # type: ignore[import-untyped]
 from purerpc import Server, Service
 from purerpc.grpc_proto import GRPCProtoSocket, GRPCProtoStream
 from purerpc.grpc_socket import GRPCStreamState
@@ -211,19 +226,107 @@ class _MessageReader:
         )
 
 
+class _H2Connection(H2Connection):  # type: ignore[misc]
+    """h2's server connection, where a malformed request resets its own stream only.
+
+    h2 makes any fault it finds in a request's headers a connection error:
+    it sends GOAWAY and every call on the connection fails. RFC 9113
+    (section 8.1.1) makes a malformed request a stream error of type
+    PROTOCOL_ERROR instead, and so it is here, for the faults h2 checks:
+    fields that break the field rules (upper case in a name, white space
+    around a value, a connection-specific field, ``te`` other than
+    ``trailers``), missing, repeated or unknown pseudo-headers, a bad
+    ``content-length`` or a body that does not match it, headers that are
+    not UTF-8, trailers that break the same rules or do not end the stream.
+
+    The stream is reset, a :class:`StreamReset` event (not remote) ends its
+    call if it has one, and h2 answers whatever the client still sends on
+    it with RST_STREAM, as for any stream it reset.
+    """
+
+    def _receive_headers_frame(self, frame: Any) -> tuple[list[Any], list[Any]]:
+        # h2's, up to the stream's part.
+        if frame.stream_id not in self.streams:
+            limit = self.local_settings.max_concurrent_streams
+            if self.open_inbound_streams + 1 > limit:
+                raise TooManyStreamsError(f"Max inbound streams is {limit}")
+
+        # Decoded whatever follows: the HPACK decoder's table is the
+        # connection's, and each header block may change it.
+        headers = _decode_headers(self.decoder, frame.data)
+        events = self.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
+        stream = self._get_or_create_stream(frame.stream_id, AllowedStreamIDs.ODD)
+        try:
+            frames, stream_events = stream.receive_headers(
+                headers, "END_STREAM" in frame.flags, self.config.header_encoding
+            )
+        except StreamClosedError:
+            raise  # headers on a stream already closed: h2's own handling
+        except (H2ProtocolError, UnicodeDecodeError):
+            # Not the error's text: it may quote a header's value, the key's.
+            log.debug("reset a gRPC stream whose request HTTP/2 finds malformed")
+            reset_frames, reset_events = self._reset_malformed(stream)
+            return reset_frames, events + reset_events
+        if "PRIORITY" in frame.flags:
+            priority_frames, priority_events = self._receive_priority_frame(frame)
+            stream_events[0].priority_updated = priority_events[0]
+            stream_events.extend(priority_events)
+            frames.extend(priority_frames)
+        return frames, events + stream_events
+
+    def _receive_data_frame(self, frame: Any) -> tuple[list[Any], list[Any]]:
+        try:
+            return super()._receive_data_frame(frame)  # type: ignore[no-any-return]
+        except InvalidBodyLengthError:
+            log.debug("reset a gRPC stream whose body does not match its content-length")
+        frames, events = self._reset_malformed(self.streams[frame.stream_id])
+        # The frame's bytes count against the connection's window, and no
+        # one will acknowledge them.
+        increment = self._inbound_flow_control_window_manager.process_bytes(
+            frame.flow_controlled_length
+        )
+        if increment:
+            update = WindowUpdateFrame(0)
+            update.window_increment = increment
+            frames.append(update)
+        return frames, events
+
+    def _reset_malformed(self, stream: Any) -> tuple[list[Any], list[Any]]:
+        """Close ``stream`` as reset by this side: its RST_STREAM frame, its StreamReset event."""
+        # Set directly, not through the state machine: h2 may have closed the
+        # stream already (an input its machine has no move for).
+        stream.state_machine.state = StreamState.CLOSED
+        stream.state_machine.stream_closed_by = StreamClosedBy.SEND_RST_STREAM
+        reset = RstStreamFrame(stream.stream_id)
+        reset.error_code = ErrorCodes.PROTOCOL_ERROR
+        event = StreamReset()
+        event.stream_id = stream.stream_id
+        event.error_code = ErrorCodes.PROTOCOL_ERROR
+        event.remote_reset = False
+        return [reset], [event]
+
+
 class _Connection(GRPCConnection):  # type: ignore[misc]
     """purerpc's HTTP/2 connection, where a faulty request stays on its own stream.
 
     purerpc raises out of the connection for a request whose headers do not
     parse, a message over its bound, or one that does not inflate, which
     closes the connection and every call on it. Here a request whose headers
-    do not parse is reset; a message that cannot be read is refused on its
+    do not parse is reset (and one HTTP/2 finds malformed, by
+    :class:`_H2Connection`); a message that cannot be read is refused on its
     stream (:class:`_Refused`), and the stream's later data is dropped. A
-    stream the client resets becomes a :class:`_Reset` event.
+    stream reset, by the client or as malformed, becomes a :class:`_Reset`
+    event.
     """
 
     def __init__(self, config: GRPCConfiguration, max_message_bytes: int) -> None:
         super().__init__(config)
+        # h2's connection as purerpc sets it up, of Helios's class.
+        self.h2_connection = _H2Connection(
+            H2Configuration(client_side=False, header_encoding="utf-8")
+        )
+        self.h2_connection.clear_outbound_data_buffer()
+        self._set_h2_connection_local_settings()
         self.max_message_bytes = max_message_bytes
         self.message_read_buffers: dict[int, _MessageReader] = {}
 
@@ -270,8 +373,13 @@ class _Connection(GRPCConnection):  # type: ignore[misc]
         return events
 
     def _stream_reset(self, event: Any) -> list[Any]:
-        self.message_read_buffers.pop(event.stream_id, None)
-        return [_Reset(event.stream_id)]
+        stream_id = event.stream_id
+        reader = self.message_read_buffers.pop(stream_id, None)
+        if reader is not None and reader.unacknowledged:
+            # The start of a message that will never be read: its bytes
+            # still count against the connection's window.
+            self.h2_connection.acknowledge_received_data(reader.refuse(), stream_id)
+        return [_Reset(stream_id)]
 
     def _trailers_received(self, event: Any) -> list[Any]:
         # A gRPC request has no trailers; purerpc would parse them as a
@@ -375,10 +483,11 @@ class _StrictSocket(GRPCProtoSocket):  # type: ignore[misc]
                 return
             try:
                 events = connection.receive_data(data)
-            except (H2ProtocolError, UnicodeDecodeError) as error:
-                # The client broke HTTP/2 (or sent headers that are not
-                # UTF-8): h2 may have queued a GOAWAY, sent as the connection
-                # closes; calls in flight cannot be answered.
+            except H2ProtocolError as error:
+                # The client broke HTTP/2 itself (a malformed request only
+                # resets its stream, see _H2Connection): h2 may have queued a
+                # GOAWAY, sent as the connection closes; calls in flight
+                # cannot be answered.
                 log.debug("closing a gRPC connection: %s", error)
                 for abandoned in list(streams.values()):
                     abandoned.abandon()
@@ -495,7 +604,7 @@ class _Handler(ConnectionHandler):  # type: ignore[misc]
                 code = status.status_code
                 if started is not None:
                     seconds = time.perf_counter() - started
-            except H2StreamClosedError:
+            except StreamClosedError:
                 pass  # the client reset the stream as the answer went out
             except Exception:
                 log.exception("internal error answering %s", route)

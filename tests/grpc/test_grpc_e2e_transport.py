@@ -25,9 +25,11 @@ import h2.config
 import h2.connection
 import h2.errors
 import h2.events
+import hyperframe.frame
 import pytest
 import trio
 from grpc_e2e_support import (  # noqa: F401 - fixtures, found by name
+    API_KEY,
     KEY,
     GrpcHelios,
     GrpcHeliosFactory,
@@ -229,6 +231,53 @@ def _without_key(target: str, stubs: dict[str, ModuleType]) -> tuple[grpc.Status
         return _failure(lambda: stub.Allow(_allow(), timeout=10))
 
 
+# Metadata that HTTP/2 forbids: white space around a value (RFC 9113,
+# section 8.2.1). grpcio sends it; h2 finds the request malformed.
+MALFORMED_METADATA = {
+    "space before the key": (("x-api-key", f" {API_KEY}"),),
+    "space after the key": (("x-api-key", f"{API_KEY} "),),
+    "space before a note": (*KEY, ("x-note", " hi")),
+    "space after a note": (*KEY, ("x-note", "hi ")),
+}
+
+
+def _malformed_among_good(target: str, stubs: dict[str, ModuleType]) -> dict[str, Any]:
+    with grpc.insecure_channel(target) as channel:
+        stub = stubs["helios"].RateLimitServiceStub(channel)
+        grpc.channel_ready_future(channel).result(timeout=5)
+        # The malformed calls start while 200 good ones are in flight on the
+        # same connection.
+        good = [stub.Allow.future(_allow(), metadata=KEY, timeout=30) for _ in range(100)]
+        malformed = {
+            name: stub.Allow.future(_allow(), metadata=metadata, timeout=30)
+            for name, metadata in MALFORMED_METADATA.items()
+        }
+        good += [stub.Allow.future(_allow(), metadata=KEY, timeout=30) for _ in range(100)]
+        return {
+            "good": [future.result() for future in good],
+            "malformed": {name: _failure(future.result) for name, future in malformed.items()},
+            "after": stub.Allow(_allow(), metadata=KEY, timeout=10),
+        }
+
+
+async def test_malformed_metadata_fails_its_own_call_only(
+    helios: GrpcHelios, grpcio_stubs: Any
+) -> None:
+    seen = await trio.to_thread.run_sync(_malformed_among_good, helios.target, grpcio_stubs)
+    # Every good call answered, each charged once; the malformed ones were
+    # reset before anything was decided for them.
+    remaining = sorted(decision.remaining for decision in seen["good"])
+    assert remaining == list(range(1000000 - 200, 1000000))
+    assert seen["after"].remaining == 1000000 - 201
+    for name, (code, details) in seen["malformed"].items():
+        # grpcio's reading of RST_STREAM with PROTOCOL_ERROR.
+        assert code == grpc.StatusCode.INTERNAL, name
+        assert "RST_STREAM" in details, (name, details)
+    assert helios.metric("helios_requests_total", transport="grpc", code="OK") == 201
+    assert helios.metric("helios_requests_total", transport="grpc", code="CANCELLED") == 0
+    assert not _warnings(helios)
+
+
 async def test_a_call_without_key_is_told_about_metadata(
     helios: GrpcHelios, grpcio_stubs: Any
 ) -> None:
@@ -262,14 +311,26 @@ def frame(payload: bytes, *, compressed: bool = False) -> bytes:
     return struct.pack(">?I", compressed, len(payload)) + payload
 
 
+Header = tuple[str, str] | tuple[bytes, bytes]
+
+
 class RawClient:
-    """One HTTP/2 connection, one call at a time; the connection must stay open throughout."""
+    """One HTTP/2 connection, one call at a time; the connection must stay open throughout.
+
+    It sends headers as given, without h2's checks: upper-case names,
+    connection-specific fields and the like go out as they are.
+    """
 
     def __init__(self, target: str) -> None:
         host, port = target.rsplit(":", 1)
         self.socket = socket.create_connection((host, int(port)), timeout=10)
         self.h2 = h2.connection.H2Connection(
-            h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+            h2.config.H2Configuration(
+                client_side=True,
+                header_encoding="utf-8",
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
+            )
         )
         self.h2.initiate_connection()
         self.socket.sendall(self.h2.data_to_send())
@@ -279,14 +340,18 @@ class RawClient:
         body: bytes | None,
         *,
         path: str = ALLOW,
-        headers: tuple[tuple[str, str], ...] = (),
+        pseudo: tuple[Header, ...] = (),
+        headers: tuple[Header, ...] = (),
         end: bool = True,
-        trailers: tuple[tuple[str, str], ...] = (),
+        trailers: tuple[Header, ...] = (),
+        trailers_end: bool = True,
     ) -> Answer:
         """Send a request (headers alone when ``body`` is None) and read its answer.
 
-        With ``end=False`` the request stays open: the answer ends with the
-        server's reset of the stream.
+        ``pseudo`` follows the request's pseudo-headers, ``headers`` its
+        other fields. With ``end=False`` the request stays open: the answer
+        ends with the server's reset of the stream. With
+        ``trailers_end=False`` the trailers do not end the stream.
         """
         stream_id = self.h2.get_next_available_stream_id()
         request = [
@@ -294,6 +359,7 @@ class RawClient:
             (":scheme", "http"),
             (":path", path),
             (":authority", "helios"),
+            *pseudo,
             ("te", "trailers"),
             ("content-type", "application/grpc"),
             ("x-api-key", KEY[0][1]),
@@ -302,9 +368,17 @@ class RawClient:
         self.h2.send_headers(stream_id, request, end_stream=body is None)
         if body is not None:
             self.h2.send_data(stream_id, body, end_stream=end and not trailers)
-        if trailers:
+        if trailers and trailers_end:
             self.h2.send_headers(stream_id, trailers, end_stream=True)
-        self.socket.sendall(self.h2.data_to_send())
+        data = self.h2.data_to_send()
+        if trailers and not trailers_end:
+            # h2 refuses to send such trailers: the frame is built here, with
+            # h2's encoder so that its header table stays the server's.
+            headers_frame = hyperframe.frame.HeadersFrame(stream_id)
+            headers_frame.data = self.h2.encoder.encode(trailers)
+            headers_frame.flags.add("END_HEADERS")
+            data += headers_frame.serialize()
+        self.socket.sendall(data)
         return self._answer(stream_id, until_reset=not end)
 
     def _answer(self, stream_id: int, *, until_reset: bool) -> Answer:
@@ -419,4 +493,44 @@ async def test_faulty_calls_are_answered_on_their_own_stream(
     # Not a gRPC request: its stream is reset.
     assert seen["bad timeout"].reset == h2.errors.ErrorCodes.PROTOCOL_ERROR
     assert seen["negative timeout"].reset == h2.errors.ErrorCodes.PROTOCOL_ERROR
+    assert not _warnings(helios)
+
+
+def _malformed_session(raw: RawClient) -> dict[str, Answer]:
+    message = _allow().SerializeToString()
+    body = frame(message)
+    seen = {
+        "upper-case name": raw.call(body, headers=(("X-Note", "1"),)),
+        "connection-specific": raw.call(body, headers=(("connection", "keep-alive"),)),
+        "te other than trailers": raw.call(body, headers=(("te", "gzip"),)),
+        "space around a value": raw.call(body, headers=(("x-note", " hi "),)),
+        "not UTF-8": raw.call(body, headers=((b"x-note", b"\xff"),)),
+        "unknown pseudo-header": raw.call(body, pseudo=((":note", "1"),)),
+        "repeated pseudo-header": raw.call(body, pseudo=((":path", ALLOW),)),
+        "pseudo-header last": raw.call(body, headers=((":note", "1"),)),
+        "bad content-length": raw.call(body, headers=(("content-length", "ten"),)),
+        "content-length not the body's": raw.call(body, headers=(("content-length", "3"),)),
+        # A request has no trailers; those it has must still be well formed.
+        "upper-case trailer": raw.call(body, trailers=(("X-Trailer", "1"),)),
+        "pseudo-header trailer": raw.call(body, trailers=((":path", ALLOW),)),
+        "trailers not at the end": raw.call(
+            body, trailers=(("x-trailer", "1"),), trailers_end=False
+        ),
+        "plain": raw.call(body),
+    }
+    return seen
+
+
+async def test_a_malformed_request_resets_its_own_stream(
+    helios: GrpcHelios, raw: RawClient
+) -> None:
+    seen = await trio.to_thread.run_sync(_malformed_session, raw)
+    plain = seen.pop("plain")
+    for name, answer in seen.items():
+        assert answer.reset == h2.errors.ErrorCodes.PROTOCOL_ERROR, (name, answer)
+        assert not answer.headers, name
+    # The connection served each request after the one before was reset
+    # (and kept its header table: each block was read, malformed or not);
+    # nothing was charged before the plain call.
+    assert _decision(plain).remaining == 999999
     assert not _warnings(helios)
