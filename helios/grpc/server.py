@@ -54,17 +54,29 @@ DEFAULT_MAX_BATCH_CHECKS = 1000
 
 
 def api_key(metadata: Any) -> str | None:
-    """The key from ``x-api-key``, else ``authorization: Bearer``; blank counts as absent."""
-    bearer = None
+    """The key from ``x-api-key`` or ``authorization: Bearer``; blank counts as absent.
+
+    A key given more than once must be the same key each time: entries that
+    differ, in ``x-api-key`` or between it and ``authorization``, raise
+    :class:`Unauthenticated` rather than one of them counting.
+    """
+    key = None
     for name, value in metadata:
         if not isinstance(value, str):
             continue  # binary (-bin) metadata
         name = name.lower()
-        if name == "x-api-key" and value.strip():
-            return value.strip()
-        if name == "authorization" and value[:7].lower() == "bearer " and bearer is None:
-            bearer = value[7:].strip() or None
-    return bearer
+        if name == "x-api-key":
+            given = value.strip()
+        elif name == "authorization" and value[:7].lower() == "bearer ":
+            given = value[7:].strip()
+        else:
+            continue
+        if not given:
+            continue
+        if key is not None and given != key:
+            raise Unauthenticated("the API key is given more than once", field="api_key")
+        key = given
+    return key
 
 
 def _status(error: HeliosError) -> RpcFailedError:
@@ -240,7 +252,10 @@ class _Calls:
         return await self._traced(self.tracing, request, call)
 
     async def _run(self, request: Any, call: Callable[[str | None], Awaitable[T]]) -> T:
-        key = api_key(request.custom_metadata)
+        try:
+            key = api_key(request.custom_metadata)
+        except HeliosError as error:
+            raise _status(error) from None
         try:
             # A deadline the client set bounds the work done for it; the
             # client has given up by then, so the status is only a courtesy.
