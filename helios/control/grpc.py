@@ -324,7 +324,10 @@ class ControlServicer(control_grpc.ControlServiceServicer):
         return await self._answer(request, self._reset_counters, message)
 
     async def _reset_counters(self, message: pb.ResetCountersRequest) -> pb.Reset:
-        return reset_message(await self.plane.reset(message.tenant, message.resource))
+        # proto3 cannot tell an empty resource from none: both reset every
+        # resource, as leaving resource out does over REST (where "" is a 400).
+        resource = message.resource or None
+        return reset_message(await self.plane.reset(message.tenant, resource))
 
 
 class ControlGrpcServer(GrpcListener):

@@ -13,6 +13,7 @@ from helios import __version__
 from helios.control.plane import DEFAULT_PAGE_SIZE, MAX_DESCRIPTION_LENGTH, MAX_PAGE_SIZE
 from helios.core.names import MAX_NAME_LENGTH
 from helios.core.policy import ALGORITHMS, FAILURE_MODES, MAX_LIMIT
+from helios.core.windows import MAX_WINDOW_MS, MIN_WINDOW_MS
 
 Document = dict[str, Any]
 
@@ -250,7 +251,8 @@ _PATHS: Document = {
             body="ResetRequest",
             body_required=False,
             description="Counters belong to one tenant and one resource, so neither may be"
-            " a pattern: a tenant or resource ending in '*' is a 400 naming the field. The"
+            " a pattern: a tenant or resource ending in '*' is a 400 naming the field, and so"
+            " is an empty resource; leave resource out, or null, to reset every resource. The"
             " tenant needs a record of its own, or one of a tenant pattern that matches it"
             " (team-a under team-*); otherwise 404.",
         ),
@@ -271,17 +273,29 @@ _REVISION = {
     "minimum": 1,
     "description": 'The store revision that last changed it; sent back as ETag: "<revision>".',
 }
-_DESCRIPTION = {"type": "string", "maxLength": MAX_DESCRIPTION_LENGTH}
+_DESCRIPTION = {
+    "type": "string",
+    "maxLength": MAX_DESCRIPTION_LENGTH,
+    "description": f"Free text, at most {MAX_DESCRIPTION_LENGTH} characters.",
+}
 _COUNT = {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}
 _WINDOW = {
+    "description": f"A whole number of milliseconds from {MIN_WINDOW_MS} ms to 10 years"
+    f" ({MAX_WINDOW_MS // 1000} seconds), bounds included; or a calendar unit.",
     "oneOf": [
-        {"type": "number", "exclusiveMinimum": 0, "description": "Seconds."},
+        {
+            "type": "number",
+            "minimum": MIN_WINDOW_MS / 1000,
+            "maximum": MAX_WINDOW_MS // 1000,
+            "description": "Seconds (0.5 is 500 ms; 0.0015 is refused).",
+        },
         {
             "type": "string",
-            "description": 'A duration ("500ms", "10s", "1m", "1h", "1d", "1w"), or'
-            " day / week / month / year with calendar = true.",
+            "description": 'Seconds ("60", "0.5"), a duration ("500ms", "10s", "1.5m", "1h",'
+            ' "1d", "1w"), a word (second, minute, hour, day, week), or day / week / month'
+            " / year with calendar = true.",
         },
-    ]
+    ],
 }
 _BAND_PROPERTIES: Document = {
     "limit": _COUNT,
@@ -297,7 +311,7 @@ _POLICY_PROPERTIES: Document = {
     "bands": {"type": "array", "items": _schema("Band"), "minItems": 1, "maxItems": 8},
     "shadow": {"type": "boolean", "default": False},
     "failure_mode": {"type": "string", "enum": list(FAILURE_MODES), "default": "local"},
-    "description": {"type": "string"},
+    "description": _DESCRIPTION,
 }
 
 _SCHEMAS: Document = {
@@ -470,9 +484,12 @@ _SCHEMAS: Document = {
         "additionalProperties": False,
         "properties": {
             "resource": {
-                "type": "string",
+                "type": ["string", "null"],
+                "minLength": 1,
+                "maxLength": MAX_NAME_LENGTH,
                 "pattern": "[^*]$",
-                "description": "Only this resource, not a pattern; omit for every resource.",
+                "description": "Only this resource, not a pattern; omit it, or send null,"
+                ' for every resource. An empty resource ("") is a 400.',
             }
         },
     },
@@ -558,7 +575,7 @@ _DOCUMENT: Document = {
                 "required": False,
                 "description": 'Write only if the document is still at this revision: "42".'
                 ' For a policy, "0" means it must not exist yet.',
-                "schema": {"type": "string", "pattern": '^"[0-9]+"$'},
+                "schema": {"type": "string", "pattern": '^"[0-9]{1,19}"$'},
             },
         },
         "headers": {
@@ -572,7 +589,10 @@ _DOCUMENT: Document = {
             },
         },
         "responses": {
-            "BadRequest": _error_response("A field, header or parameter is invalid."),
+            "BadRequest": _error_response(
+                "A field, header or parameter is invalid; or the body is not a JSON object,"
+                " or gives a field more than once."
+            ),
             "Unauthorized": _error_response("No admin key, or an unknown one."),
             "NotFound": _error_response("No such tenant, policy, key or route."),
             "Conflict": _error_response(

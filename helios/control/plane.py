@@ -34,6 +34,7 @@ from helios.control.model import (
 )
 from helios.core.names import check_name
 from helios.core.policy import check_pattern
+from helios.core.windows import shown
 from helios.errors import (
     AlreadyExists,
     Conflict,
@@ -50,7 +51,10 @@ KEY_PREFIX = "hk_"
 SHOWN_PREFIX_LENGTH = 10
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
-MAX_DESCRIPTION_LENGTH = 1024
+# The longest description of a tenant, a policy or an API key, in characters
+# (Unicode code points): room for a sentence or two, not for documents that
+# every listing would repeat.
+MAX_DESCRIPTION_LENGTH = 1000
 # A reset stays in the store this long, so that a gateway that was briefly
 # disconnected still applies it when it catches up.
 RESET_TTL_SECONDS = 300
@@ -63,40 +67,57 @@ class Page:
     next: str | None
 
 
-def _description(value: object) -> str:
+def _description(value: object, field: str = "description") -> str:
+    """A description as written through the control plane; None stands for none ("")."""
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise InvalidRequest(f"description must be a string, got {value!r}", field="description")
+        raise InvalidRequest(f"{field} must be a string, got {shown(value)}", field="description")
     if len(value) > MAX_DESCRIPTION_LENGTH:
         raise InvalidRequest(
-            f"description must be at most {MAX_DESCRIPTION_LENGTH} characters, got {len(value)}",
+            f"{field} must be at most {MAX_DESCRIPTION_LENGTH} characters, got {len(value)}",
             field="description",
         )
     return value
 
 
-def check_tenant_name(value: object) -> str:
-    """A tenant name: a name, or a prefix pattern ending in ``*`` (``*`` alone: every tenant)."""
-    name = check_name(value, "tenant")
+def _name(value: object, field: str) -> str:
+    """:func:`check_name`, showing the value at fault as JSON (``5``, ``true``, ``"a\\u0000"``)."""
+    if value is not None and not isinstance(value, str):
+        raise InvalidRequest(f"{field} must be a string, got {shown(value)}", field=field)
+    if isinstance(value, str) and any(ord(char) < 0x20 or char == "\x7f" for char in value):
+        raise InvalidRequest(
+            f"{field} must not contain control characters, got {shown(value)}", field=field
+        )
+    return check_name(value, field)
+
+
+def check_tenant_name(value: object, field: str = "tenant") -> str:
+    """A tenant name: a name, or a prefix pattern ending in ``*`` (``*`` alone: every tenant).
+
+    ``field`` is where the name came from: ``tenant`` (a path, a request
+    message) or ``name`` (the body that creates a tenant).
+    """
+    name = _name(value, field)
     if name in (".", ".."):
-        raise InvalidRequest(f"tenant must not be {name!r} (a path segment)", field="tenant")
+        raise InvalidRequest(f"{field} must not be {shown(name)} (a path segment)", field=field)
     if "/" in name:
         # Tenants are addressed by path (/v1/tenants/<tenant>), where a "/" cannot be told
         # from a separator once proxies and servers have decoded the path.
-        raise InvalidRequest(f"tenant must not contain '/', got {name!r}", field="tenant")
+        raise InvalidRequest(f"{field} must not contain '/', got {shown(name)}", field=field)
     try:
-        return check_pattern(name, "tenant")
+        return check_pattern(name, field)
     except PolicyError as error:
-        raise InvalidRequest(error.message, field="tenant") from None
+        raise InvalidRequest(error.message, field=field) from None
 
 
 def check_resource_pattern(value: object) -> str:
-    name = check_name(value, "resource")
+    name = _name(value, "resource")
     if any(part in (".", "..") for part in name.split("/")):
         # Paths with dot segments are rewritten by HTTP clients and proxies.
         raise InvalidRequest(
-            f"resource must not have '.' or '..' between slashes, got {name!r}", field="resource"
+            f"resource must not have '.' or '..' between slashes, got {shown(name)}",
+            field="resource",
         )
     try:
         return check_pattern(name, "resource")
@@ -148,13 +169,14 @@ class ControlPlane:
         return self._tenant(entry)
 
     async def create_tenant(self, name: object, description: object = None) -> Tenant:
-        name = check_tenant_name(name)
+        # The name is the body's (or the request message's) field "name".
+        name = check_tenant_name(name, "name")
         text = _description(description)
         key = self.layout.tenant(name)
         document = {"name": name, "description": text, "created_at": self._wall_clock()}
         revision = await self.store.commit([Compare(key, 0)], [Put(key, dump(document))])
         if revision is None:
-            raise AlreadyExists(f"tenant {name!r} already exists", field="tenant")
+            raise AlreadyExists(f"tenant {name!r} already exists", field="name")
         return Tenant(name, text, document["created_at"], revision)  # type: ignore[arg-type]
 
     async def update_tenant(
@@ -260,12 +282,12 @@ class ControlPlane:
     @staticmethod
     def _parse_policy(tenant: str, resource: str, document: object) -> Any:
         if not isinstance(document, Mapping):
-            raise InvalidRequest("the policy must be a JSON object", field="policy")
+            raise InvalidRequest("the request body must be a JSON object", field="body")
         for name, expected in (("tenant", tenant), ("resource", resource)):
             if name in document and document[name] != expected:
                 raise InvalidRequest(
-                    f"policy.{name} is {document[name]!r} but the path says {expected!r};"
-                    f" leave {name} out of the body",
+                    f"policy.{name} is {shown(document[name])} but the path says"
+                    f" {shown(expected)}; leave {name} out of the body",
                     field=name,
                 )
         if "revision" in document:
@@ -273,7 +295,11 @@ class ControlPlane:
                 "policy.revision: unknown field (send the revision in If-Match)",
                 field="revision",
             )
-        return policy_from_document(tenant, resource, document)
+        policy = policy_from_document(tenant, resource, document)
+        # Bounded here, where admins write policies, rather than in the parser
+        # the gateways load them with: a policy stored before the bound still loads.
+        _description(policy.description, "policy.description")
+        return policy
 
     # API keys.
 
@@ -312,7 +338,9 @@ class ControlPlane:
     async def revoke_key(self, tenant: object, key_id: object) -> None:
         current = await self.get_tenant(tenant)
         if not isinstance(key_id, str) or not key_id.isalnum() or not key_id.isascii():
-            raise InvalidRequest(f"key id must be letters and digits, got {key_id!r}", field="id")
+            raise InvalidRequest(
+                f"key id must be letters and digits, got {shown(key_id)}", field="id"
+            )
         key = self.layout.key(current.name, key_id)
         entry = await self.store.get(key)
         if entry is None:
@@ -344,7 +372,12 @@ class ControlPlane:
                 " name a tenant it matches",
                 field="tenant",
             )
-        only = None if resource is None or resource == "" else check_name(resource, "resource")
+        if resource == "":
+            raise InvalidRequest(
+                "resource must not be empty; leave it out (or null) to reset every resource",
+                field="resource",
+            )
+        only = None if resource is None else _name(resource, "resource")
         if only is not None and only.endswith("*"):
             raise InvalidRequest(
                 f"a reset is for one resource, not for the pattern {only!r};"

@@ -5,7 +5,9 @@ Every route under ``/v1`` needs an admin key (``X-API-Key`` or
 Each view parses the path, query and body, then calls one
 :class:`~helios.control.plane.ControlPlane` operation, which validates
 everything before it writes: a 4xx answer has changed nothing. Errors have
-the data plane's JSON shape, ``{"error": message, "field": name}``.
+the data plane's JSON shape, ``{"error": message, "field": name}``. A body
+is one JSON object that gives each field once, read by one function so that
+every route words the same fault the same way.
 
 Documents with a revision (tenants, policies) are answered with
 ``ETag: "<revision>"``; ``If-Match: "<revision>"`` on a write makes it
@@ -46,7 +48,7 @@ from helios.errors import (
     Unauthenticated,
 )
 from helios.gateway.auth import KeyRing
-from helios.gateway.http_api import error_body, parse_json_object
+from helios.gateway.http_api import error_body
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
@@ -339,7 +341,8 @@ class _Api:
 
     async def put_policy(self, tenant: str, resource: str) -> Response:
         expected = _if_match()
-        document = await _json_body()
+        # Which fields a policy takes is the policy parser's to say.
+        document = await _body(None, required=True)
         stored, created = await self.plane.put_policy(
             tenant, resource, document, expected_revision=expected
         )
@@ -421,10 +424,14 @@ def _page_size(raw: str) -> int:
 
 def _if_match() -> int | None:
     """The revision in ``If-Match: "<revision>"``, or None without the header."""
-    raw = request.headers.get("If-Match")
-    if raw is None:
+    values = request.headers.getlist("If-Match")
+    if not values:
         return None
-    value = raw.strip()
+    if len(values) > 1:
+        raise InvalidRequest("If-Match is given more than once", field="If-Match")
+    raw = _as_sent(values[0])
+    # Only HTTP's own white space surrounds a value; str.strip() would take more.
+    value = raw.strip(" \t")
     digits = value[1:-1]
     if (
         len(value) < 3
@@ -440,23 +447,29 @@ def _if_match() -> int | None:
     return int(digits)
 
 
-async def _json_body() -> object:
-    data = await request.get_data(cache=False, as_text=False)
+def _as_sent(value: str) -> str:
+    """A header value as its client wrote it: UTF-8 if its bytes are, else ISO-8859-1.
+
+    Header values reach the application decoded as ISO-8859-1, byte for byte,
+    which turns UTF-8 text into mojibake.
+    """
     try:
-        return json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise InvalidRequest("body must be a JSON object", field="body") from None
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value
 
 
-async def _body(fields: frozenset[str], *, required: bool) -> dict[str, Any]:
-    """The JSON object in the body, which may hold only ``fields``.
+async def _body(fields: frozenset[str] | None, *, required: bool) -> dict[str, Any]:
+    """The JSON object in the body, which may hold only ``fields`` (None: any).
 
     Without ``required``, an empty body stands for an empty object.
     """
     data = await request.get_data(cache=False, as_text=False)
     if not data.strip() and not required:
         return {}
-    document = parse_json_object(data if isinstance(data, bytes) else data.encode())
+    document = _parse_body(data if isinstance(data, bytes) else data.encode())
+    if fields is None:
+        return document
     unknown = sorted(set(document) - fields)
     if unknown:
         raise InvalidRequest(
@@ -464,6 +477,31 @@ async def _body(fields: frozenset[str], *, required: bool) -> dict[str, Any]:
             f" this body takes {', '.join(sorted(fields))}",
             field=unknown[0],
         )
+    return document
+
+
+def _parse_body(data: bytes) -> dict[str, Any]:
+    """The JSON object in a request body; errors name ``body``, or the field given twice."""
+    try:
+        document = json.loads(data, object_pairs_hook=_once_each)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("the request body is not valid JSON", field="body") from None
+    except RecursionError:
+        raise InvalidRequest("the request body nests too deeply", field="body") from None
+    if not isinstance(document, dict):
+        raise InvalidRequest("the request body must be a JSON object", field="body")
+    return document
+
+
+def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose fields are all different: of {"limit": 1, "limit": 2}, which counts?"""
+    document = dict(pairs)
+    if len(document) < len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise InvalidRequest(f"field {name!r} is given more than once", field=name)
+            seen.add(name)
     return document
 
 

@@ -277,7 +277,34 @@ async def test_dot_segments_stay_names_and_never_reach_another_tenant(
     assert await admin(url, "policies", "delete", "globex", "../../victim") == 1
     assert "'.' or '..'" in capsys.readouterr().err
     assert await admin(url, "tenants", "show", "..") == 1
-    assert "must not be '..'" in capsys.readouterr().err
+    assert 'must not be ".."' in capsys.readouterr().err
     assert await admin(url, "policies", "show", "globex", ".") == 1
     assert store.revision == revision
     assert await admin(url, "tenants", "show", "victim") == 0
+
+
+async def test_a_json_policy_file_that_gives_a_field_twice_is_refused(
+    control: tuple[str, MemoryStore], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As the control plane refuses such a body: which of the two was meant?"""
+    url, store = control
+    await admin(url, "tenants", "create", "acme")
+    capsys.readouterr()
+    revision = store.revision
+    twice = tmp_path / "twice.json"
+    twice.write_text('{"limit": 1, "window": "1s", "limit": 2}')
+    assert await admin(url, "policies", "put", "acme", "search", "--file", str(twice)) == 2
+    assert f"{twice}: field 'limit' is given more than once" in capsys.readouterr().err
+    assert store.revision == revision
+
+
+async def test_an_empty_resource_is_refused_not_a_reset_of_everything(
+    control: tuple[str, MemoryStore], capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, store = control
+    await admin(url, "tenants", "create", "globex")
+    capsys.readouterr()
+    revision = store.revision
+    assert await admin(url, "reset", "globex", "--resource", "") == 1
+    assert "400: resource must not be empty" in capsys.readouterr().err
+    assert store.revision == revision

@@ -146,3 +146,29 @@ def test_a_reset_is_described_as_taking_no_patterns() -> None:
         assert not re.search(schema["pattern"], "team-*")
     assert "pattern" in item["post"]["description"]
     assert "400" in item["post"]["responses"]
+
+
+def test_an_empty_resource_is_described_as_refused_and_null_as_every_resource() -> None:
+    document = openapi_document()
+    resource = document["components"]["schemas"]["ResetRequest"]["properties"]["resource"]
+    assert resource["type"] == ["string", "null"]
+    assert resource["minLength"] == 1
+    assert not re.search(resource["pattern"], "")
+
+
+def test_windows_and_descriptions_are_described_with_the_bounds_enforced() -> None:
+    schemas = openapi_document()["components"]["schemas"]
+    number, text = schemas["Band"]["properties"]["window"]["oneOf"]
+    assert (number["minimum"], number["maximum"]) == (0.001, 315_360_000)
+    assert "whole number of milliseconds" in schemas["Band"]["properties"]["window"]["description"]
+    assert text["type"] == "string"
+    for name in ("Tenant", "NewTenant", "TenantUpdate", "ApiKey", "NewApiKey", "PolicyInput"):
+        assert schemas[name]["properties"]["description"]["maxLength"] == 1000, name
+
+
+def test_if_match_is_described_as_ascii_digits() -> None:
+    parameter = openapi_document()["components"]["parameters"]["IfMatch"]
+    pattern = parameter["schema"]["pattern"]
+    assert re.search(pattern, '"42"')
+    for value in ('"\uff10"', '""', '"1"x', '"' + "9" * 20 + '"'):
+        assert not re.search(pattern, value), value

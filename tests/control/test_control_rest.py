@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from control_support import ADMIN_KEY, Api, CountingStore
+from werkzeug.datastructures import Headers
 
 from helios.control.model import GatewayInfo, dump
 from helios.control.plane import ControlPlane
@@ -193,9 +194,21 @@ async def test_creating_a_tenant_twice_is_409(api: Api, store: CountingStore) ->
         (b"\xff\xfe", "body", "the request body is not valid JSON"),
         (b"{}", "name", "name is required"),
         (b'{"name": "acme", "colour": "red", "age": 3}', "age", "age, colour"),
-        (b'{"name": 7}', "tenant", "tenant"),
-        (b'{"name": "a*b"}', "tenant", "'*'"),
+        (b'{"name": 7}', "name", "name must be a string, got 7"),
+        (b'{"name": true}', "name", "name must be a string, got true"),
+        (b'{"name": null}', "name", "name is required"),
+        (b'{"name": ""}', "name", "name is required"),
+        (b'{"name": "a*b"}', "name", "name may hold '*' only at its end, got \"a*b\""),
+        (b'{"name": "a/b"}', "name", "name must not contain '/', got \"a/b\""),
+        (b'{"name": "a\\u0000b"}', "name", 'got "a\\u0000b"'),
+        (b'{"name": ".."}', "name", 'name must not be ".."'),
+        (b'{"description": "x"}', "name", "name is required"),
         (b'{"name": "acme", "description": 5}', "description", "description"),
+        (
+            b'{"name": "acme", "description": ["x"]}',
+            "description",
+            'description must be a string, got ["x"]',
+        ),
     ],
 )
 async def test_bad_tenant_bodies_name_their_field_and_write_nothing(
@@ -295,6 +308,254 @@ async def test_a_malformed_if_match_names_the_header(
     assert store.revision == revision
 
 
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        # Full-width and Arabic-Indic digits are digits to str.isdigit(), not revisions.
+        ('"\uff10"', "'\"\uff10\"'"),
+        ('"\u0661"', "'\"\u0661\"'"),
+        ('"2"\u00a0', "'\"2\"\\xa0'"),
+    ],
+)
+async def test_if_match_is_shown_as_sent_and_only_ascii_digits_are_a_revision(
+    api: Api, store: CountingStore, value: str, shown: str
+) -> None:
+    await _seed(api)
+    revision = store.revision
+    answer = await api(
+        "PATCH", "/v1/tenants/acme", {"description": "x"}, headers={"If-Match": value}
+    )
+    assert (answer.status, answer.body["field"]) == (400, "If-Match")
+    assert answer.body["error"] == (
+        f'If-Match must be one revision in double quotes, like "42", got {shown}'
+    )
+    assert store.revision == revision
+
+
+async def test_if_match_given_twice_is_400(api: Api, store: CountingStore) -> None:
+    await _seed(api)
+    revision = store.revision
+    headers = Headers([("X-API-Key", ADMIN_KEY), ("If-Match", '"1"'), ("If-Match", '"2"')])
+    response = await api.client.open("/v1/tenants/acme", method="DELETE", headers=headers)
+    assert response.status_code == 400
+    assert await response.get_json() == {
+        "error": "If-Match is given more than once",
+        "field": "If-Match",
+    }
+    assert store.revision == revision
+
+
+# Bodies: the same faults in the same words on every route.
+
+# Every route with a body, and a valid body for it.
+BODY_ROUTES = [
+    ("POST", "/v1/tenants", {"name": "beta"}),
+    ("PATCH", "/v1/tenants/acme", {"description": "changed"}),
+    ("PUT", "/v1/tenants/acme/policies/search", POLICY),
+    ("POST", "/v1/tenants/acme/keys", {"description": "billing"}),
+    ("POST", "/v1/tenants/acme/reset", {"resource": "search"}),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "_valid"), BODY_ROUTES)
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{", "the request body is not valid JSON"),
+        (b"{oops", "the request body is not valid JSON"),
+        (b"\xff\xfe", "the request body is not valid JSON"),
+        (b"[]", "the request body must be a JSON object"),
+        (b"[1, 2]", "the request body must be a JSON object"),
+        (b"42", "the request body must be a JSON object"),
+        (b"null", "the request body must be a JSON object"),
+        (b"[" * 100_000, "the request body nests too deeply"),
+    ],
+)
+async def test_a_body_that_is_not_a_json_object_is_worded_alike_on_every_route(
+    api: Api, store: CountingStore, method: str, path: str, _valid: Any, body: bytes, message: str
+) -> None:
+    await _seed(api)
+    revision = store.revision
+    answer = await api(method, path, data=body)
+    assert (answer.status, answer.body) == (400, {"error": message, "field": "body"})
+    assert store.revision == revision
+
+
+@pytest.mark.parametrize(("method", "path", "valid"), BODY_ROUTES)
+async def test_a_field_given_twice_is_refused_on_every_route(
+    api: Api, store: CountingStore, method: str, path: str, valid: dict[str, Any]
+) -> None:
+    await _seed(api)
+    revision = store.revision
+    name, value = next(iter(valid.items()))
+    # {"name": value, <the rest>, "name": value}: even the same value twice.
+    text = json.dumps(valid)[:-1] + f", {json.dumps(name)}: {json.dumps(value)}}}"
+    answer = await api(method, path, data=text.encode())
+    assert (answer.status, answer.body) == (
+        400,
+        {"error": f"field '{name}' is given more than once", "field": name},
+    )
+    # Spelled differently, the same name: JSON's escapes are decoded first.
+    escaped = "".join(f"\\u{ord(char):04x}" for char in name)
+    text = json.dumps(valid)[:-1] + f', "{escaped}": {json.dumps(value)}}}'
+    assert (await api(method, path, data=text.encode())).body["field"] == name
+    assert store.revision == revision
+
+
+async def test_a_policy_field_given_twice_is_refused_not_the_last_one_kept(
+    api: Api, store: CountingStore
+) -> None:
+    await _seed(api)
+    path = "/v1/tenants/acme/policies/search"
+    revision = store.revision
+    top = await api("PUT", path, data=b'{"limit": 1, "limit": 2, "window": "1s"}')
+    assert (top.status, top.body) == (
+        400,
+        {"error": "field 'limit' is given more than once", "field": "limit"},
+    )
+    band = await api("PUT", path, data=b'{"bands": [{"limit": 1, "window": "1s", "window": "1m"}]}')
+    assert (band.status, band.body["field"]) == (400, "window")
+    assert store.revision == revision
+    assert (await api("GET", path)).body["bands"][0]["limit"] == POLICY["limit"]
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "message"),
+    [
+        (
+            {"algorithm": None},
+            "algorithm",
+            "policy.algorithm must be one of token_bucket, fixed_window, sliding_window, got null",
+        ),
+        (
+            {"algorithm": "leaky_bucket"},
+            "algorithm",
+            "policy.algorithm must be one of token_bucket, fixed_window, sliding_window,"
+            ' got "leaky_bucket"',
+        ),
+        ({"shadow": "yes"}, "shadow", 'policy.shadow must be true or false, got "yes"'),
+        ({"shadow": None}, "shadow", "policy.shadow must be true or false, got null"),
+        (
+            {"failure_mode": True},
+            "failure_mode",
+            "policy.failure_mode must be one of open, closed, local, got true",
+        ),
+        ({"calendar": 1}, "calendar", "policy.calendar must be true or false, got 1"),
+        ({"description": 5}, "description", "policy.description must be a string, got 5"),
+        (
+            {"tenant": "other"},
+            "tenant",
+            'policy.tenant is "other" but the path says "acme"; leave tenant out of the body',
+        ),
+        (
+            {"resource": False},
+            "resource",
+            'policy.resource is false but the path says "search"; leave resource out of the body',
+        ),
+        ({"limit": None}, "limit", "policy.limit is required"),
+        (
+            {"limit": True},
+            "limit",
+            "policy.limit must be an integer from 1 to 1000000000000, got true",
+        ),
+        ({"window": None}, "window", "policy.window must be a number of seconds or a duration"),
+        ({"window": "ünö"}, "window", 'got "ünö"'),
+        ({"window": "x" * 1000}, "window", 'got "' + "x" * 98 + "…"),
+    ],
+)
+async def test_values_at_fault_are_shown_as_json(
+    api: Api, change: dict[str, Any], field: str, message: str
+) -> None:
+    await _seed(api)
+    answer = await api("PUT", "/v1/tenants/acme/policies/search", {**POLICY, **change})
+    assert (answer.status, answer.body["field"]) == (400, field)
+    assert message in answer.body["error"]
+    assert "None" not in answer.body["error"] and "True" not in answer.body["error"]
+
+
+# Windows: whole milliseconds, from 1 ms to 10 years.
+
+
+@pytest.mark.parametrize(
+    ("window", "shown"),
+    [
+        (0.001, "1ms"),
+        ("1ms", "1ms"),
+        ("0.001", "1ms"),
+        (1.5, "1500ms"),
+        ("1.5s", "1500ms"),
+        (315_360_000, "3650d"),
+        ("3650d", "3650d"),
+        ("315359999.999", "315359999999ms"),
+    ],
+)
+async def test_windows_at_the_bounds_are_stored_exactly(
+    api: Api, window: object, shown: str
+) -> None:
+    await _seed(api)
+    answer = await api("PUT", "/v1/tenants/acme/policies/search", {**POLICY, "window": window})
+    assert answer.status == 200, answer.text
+    assert answer.body["bands"][0]["window"] == shown
+
+
+@pytest.mark.parametrize(
+    ("window", "message"),
+    [
+        (0.0015, "policy.window must be a whole number of milliseconds, got 0.0015"),
+        ("1.5ms", 'policy.window must be a whole number of milliseconds, got "1.5ms"'),
+        ("0.0001s", "policy.window must be from 1ms to 10 years (315360000 seconds)"),
+        (0.0009, "policy.window must be from 1ms to 10 years (315360000 seconds), got 0.0009"),
+        (0, "policy.window must be from 1ms to 10 years (315360000 seconds), got 0"),
+        (
+            315_360_000.5,
+            "policy.window must be from 1ms to 10 years (315360000 seconds), got 315360000.5",
+        ),
+        (315_360_001, "policy.window must be from 1ms to 10 years"),
+        ("3650.5d", "policy.window must be from 1ms to 10 years"),
+        ("522w", "policy.window must be from 1ms to 10 years"),
+        (10**30, "policy.window must be from 1ms to 10 years"),
+    ],
+)
+async def test_a_window_out_of_bounds_or_between_milliseconds_is_400(
+    api: Api, store: CountingStore, window: object, message: str
+) -> None:
+    await _seed(api)
+    revision = store.revision
+    answer = await api("PUT", "/v1/tenants/acme/policies/search", {**POLICY, "window": window})
+    assert (answer.status, answer.body["field"]) == (400, "window")
+    assert answer.body["error"].startswith(message)
+    assert store.revision == revision
+
+
+# Descriptions: at most 1000 characters, wherever they are written.
+
+
+async def test_descriptions_are_bounded_everywhere(api: Api, store: CountingStore) -> None:
+    await _seed(api)
+    longest = "é" * 1000
+    too_long = "x" * 100_000
+    cases = [
+        ("POST", "/v1/tenants", {"name": "beta"}, "description"),
+        ("PATCH", "/v1/tenants/acme", {}, "description"),
+        ("POST", "/v1/tenants/acme/keys", {}, "description"),
+        ("PUT", "/v1/tenants/acme/policies/search", POLICY, "policy.description"),
+    ]
+    for method, path, body, where in cases:
+        revision = store.revision
+        refused = await api(method, path, {**body, "description": too_long})
+        assert (refused.status, refused.body) == (
+            400,
+            {
+                "error": f"{where} must be at most 1000 characters, got 100000",
+                "field": "description",
+            },
+        ), path
+        assert store.revision == revision
+        accepted = await api(method, path, {**body, "description": longest})
+        assert accepted.status in (200, 201), accepted.text
+        assert accepted.body["description"] == longest
+
+
 # Policies.
 
 
@@ -390,15 +651,11 @@ async def test_invalid_policies_name_their_field_and_change_nothing(
     assert (await api("GET", path)).body == before
 
 
-@pytest.mark.parametrize("body", [b"{oops", b"[]", b"", b"42"])
-async def test_a_policy_body_that_is_not_an_object(
-    api: Api, store: CountingStore, body: bytes
-) -> None:
+async def test_a_policy_needs_a_body(api: Api, store: CountingStore) -> None:
     await _seed(api)
     revision = store.revision
-    answer = await api("PUT", "/v1/tenants/acme/policies/search", data=body)
-    assert answer.status == 400
-    assert answer.body["field"] in ("body", "policy")
+    answer = await api("PUT", "/v1/tenants/acme/policies/search", data=b"")
+    assert answer.body == {"error": "the request body is not valid JSON", "field": "body"}
     assert store.revision == revision
 
 
@@ -495,8 +752,33 @@ async def test_reset_is_accepted(api: Api, plane: ControlPlane, store: CountingS
     unknown = await api("POST", "/v1/tenants/acme/reset", {"resources": ["a"]})
     assert (unknown.status, unknown.body["field"]) == (400, "resources")
     bad = await api("POST", "/v1/tenants/acme/reset", {"resource": 5})
-    assert (bad.status, bad.body["field"]) == (400, "resource")
+    assert (bad.status, bad.body) == (
+        400,
+        {"error": "resource must be a string, got 5", "field": "resource"},
+    )
     assert store.revision == revision
+
+
+async def test_an_empty_resource_resets_nothing(
+    api: Api, plane: ControlPlane, store: CountingStore
+) -> None:
+    """Only leaving resource out, or null, resets every resource; "" is no resource."""
+    await api("POST", "/v1/tenants", {"name": "globex"})
+    revision = store.revision
+    empty = await api("POST", "/v1/tenants/globex/reset", {"resource": ""})
+    assert (empty.status, empty.body) == (
+        400,
+        {
+            "error": "resource must not be empty; leave it out (or null) to reset every resource",
+            "field": "resource",
+        },
+    )
+    assert store.revision == revision
+    assert (await store.range(plane.layout.resets()))[0] == []
+
+    for body in ({"resource": None}, {}, None):
+        every = await api("POST", "/v1/tenants/globex/reset", body)
+        assert (every.status, every.body["resource"]) == (202, None)
 
 
 async def test_a_reset_is_for_one_tenant_and_one_resource_not_for_patterns(

@@ -384,7 +384,7 @@ INVALID = [
         pb.Policy(algorithm="leaky_bucket", bands=[pb.Band(limit=1, window="1s")]),
         {"algorithm": "leaky_bucket", "bands": [BAND]},
         "policy.algorithm must be one of token_bucket, fixed_window, sliding_window,"
-        " got 'leaky_bucket'",
+        ' got "leaky_bucket"',
         id="unknown algorithm",
     ),
     pytest.param(
@@ -429,8 +429,26 @@ INVALID = [
     pytest.param(
         pb.Policy(bands=[BAND_OK], failure_mode="sometimes"),
         {"bands": [BAND], "failure_mode": "sometimes"},
-        "policy.failure_mode must be one of open, closed, local, got 'sometimes'",
+        'policy.failure_mode must be one of open, closed, local, got "sometimes"',
         id="unknown failure mode",
+    ),
+    pytest.param(
+        pb.Policy(bands=[pb.Band(limit=1, window="0.0015")]),
+        {"bands": [{"limit": 1, "window": "0.0015"}]},
+        'policy.bands[0].window must be a whole number of milliseconds, got "0.0015"',
+        id="window not in whole milliseconds",
+    ),
+    pytest.param(
+        pb.Policy(bands=[pb.Band(limit=1, window="3651d")]),
+        {"bands": [{"limit": 1, "window": "3651d"}]},
+        'policy.bands[0].window must be from 1ms to 10 years (315360000 seconds), got "3651d"',
+        id="window over 10 years",
+    ),
+    pytest.param(
+        pb.Policy(bands=[BAND_OK], description="d" * 1001),
+        {"bands": [BAND], "description": "d" * 1001},
+        "policy.description must be at most 1000 characters, got 1001",
+        id="description too long",
     ),
 ]
 
@@ -455,9 +473,24 @@ async def test_invalid_policy_names_its_field(
 
 async def test_invalid_names_and_descriptions(control: Control) -> None:
     cases: list[tuple[str, Any, str]] = [
-        ("CreateTenant", pb.CreateTenantRequest(), "tenant is required"),
-        ("CreateTenant", pb.CreateTenantRequest(name="a*b"), "tenant may hold '*' only at its end"),
-        ("CreateTenant", pb.CreateTenantRequest(name="x", description="d" * 1025), "description"),
+        # The request message's field is name, as the REST body's is.
+        ("CreateTenant", pb.CreateTenantRequest(), "name is required"),
+        ("CreateTenant", pb.CreateTenantRequest(name="a*b"), "name may hold '*' only at its end"),
+        (
+            "CreateTenant",
+            pb.CreateTenantRequest(name="x", description="d" * 1001),
+            "description must be at most 1000 characters, got 1001",
+        ),
+        (
+            "UpdateTenant",
+            pb.UpdateTenantRequest(name="acme", description="d" * 1001),
+            "description must be at most 1000 characters, got 1001",
+        ),
+        (
+            "IssueKey",
+            pb.IssueKeyRequest(tenant="acme", description="d" * 1001),
+            "description must be at most 1000 characters, got 1001",
+        ),
         ("PutPolicy", put("acme", "", ONE_PER_SECOND), "resource is required"),
         ("IssueKey", pb.IssueKeyRequest(tenant="team*"), "keys are issued to one tenant"),
         ("RevokeKey", pb.RevokeKeyRequest(tenant="acme", id="../x"), "key id must be letters"),
@@ -588,9 +621,13 @@ async def test_gateways_and_resets(control: Control) -> None:
     assert (one.tenant, one.resource, one.created_at) == ("acme", "search", NOW_TEXT)
     every = await control.call("ResetCounters", pb.ResetCountersRequest(tenant="acme"))
     assert not every.HasField("resource")
+    # proto3 sends an empty resource as none: every resource, as documented
+    # (REST, which can tell them apart, refuses "").
+    empty = await control.call("ResetCounters", pb.ResetCountersRequest(tenant="acme", resource=""))
+    assert not empty.HasField("resource")
     resets, _ = await control.store.range(layout.resets())
     assert sorted(entry.key for entry in resets) == sorted(
-        [layout.reset(one.id), layout.reset(every.id)]
+        [layout.reset(one.id), layout.reset(every.id), layout.reset(empty.id)]
     )
     code, _ = await control.fail("ResetCounters", pb.ResetCountersRequest(tenant="nobody"))
     assert code == Code.NOT_FOUND
