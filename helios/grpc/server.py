@@ -54,13 +54,14 @@ DEFAULT_MAX_BATCH_CHECKS = 1000
 
 
 def api_key(metadata: Any) -> str | None:
-    """The key from ``x-api-key`` or ``authorization: Bearer``; blank counts as absent.
+    """The key from ``x-api-key``, else ``authorization: Bearer``; blank counts as absent.
 
-    A key given more than once must be the same key each time: entries that
-    differ, in ``x-api-key`` or between it and ``authorization``, raise
-    :class:`Unauthenticated` rather than one of them counting.
+    As over HTTP, ``x-api-key`` wins over ``authorization`` (which a proxy may
+    pass on for another service). One of them given twice must hold the same
+    key each time: two different keys in it raise :class:`Unauthenticated`
+    rather than one of them counting.
     """
-    key = None
+    keys: dict[str, str] = {}
     for name, value in metadata:
         if not isinstance(value, str):
             continue  # binary (-bin) metadata
@@ -73,10 +74,9 @@ def api_key(metadata: Any) -> str | None:
             continue
         if not given:
             continue
-        if key is not None and given != key:
+        if keys.setdefault(name, given) != given:
             raise Unauthenticated("the API key is given more than once", field="api_key")
-        key = given
-    return key
+    return keys.get("x-api-key") or keys.get("authorization")
 
 
 def _status(error: HeliosError) -> RpcFailedError:

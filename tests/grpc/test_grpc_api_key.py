@@ -1,8 +1,9 @@
 """The API key of a gRPC call: where it is read, and a key given more than once.
 
-The rule is the same for the gateway's services and the control plane's: a
-key may be repeated (in ``x-api-key``, or in both it and ``authorization:
-Bearer``) only as the same key; otherwise the call is UNAUTHENTICATED.
+The rule is the same for the gateway's services and the control plane's, and
+the HTTP data plane's: ``x-api-key`` wins over ``authorization: Bearer``, and
+either of them may be repeated only as the same key; otherwise the call is
+UNAUTHENTICATED.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ REPEATED = "the API key is given more than once"
         ((("x-api-key", "k"), ("authorization", "Bearer k")), "k"),
         # A Basic credential is not a key, so it does not clash with one.
         ((("x-api-key", "k"), ("authorization", "Basic j")), "k"),
+        # x-api-key wins over a Bearer token, which may be meant for another service.
+        ((("x-api-key", "k"), ("authorization", "Bearer j")), "k"),
+        ((("authorization", "Bearer j"), ("x-api-key", "k")), "k"),
     ],
 )
 def test_the_key_read_from_metadata(metadata: Any, key: str | None) -> None:
@@ -56,8 +60,6 @@ def test_the_key_read_from_metadata(metadata: Any, key: str | None) -> None:
     [
         (("x-api-key", "k"), ("x-api-key", "j")),
         (("x-api-key", "j"), ("x-api-key", "k")),
-        (("x-api-key", "k"), ("authorization", "Bearer j")),
-        (("authorization", "Bearer j"), ("x-api-key", "k")),
         (("authorization", "Bearer k"), ("authorization", "Bearer j")),
     ],
 )
@@ -99,8 +101,10 @@ async def test_the_gateway_refuses_two_different_keys(
         # Either order: neither key wins.
         (("x-api-key", API_KEY), ("x-api-key", "other-key")),
         (("x-api-key", "other-key"), ("x-api-key", API_KEY)),
+        (("authorization", f"Bearer {API_KEY}"), ("authorization", "Bearer other-key")),
+        # x-api-key wins over a Bearer token; the same key twice is one key.
         (("x-api-key", API_KEY), ("authorization", "Bearer other-key")),
-        (("x-api-key", API_KEY), ("authorization", f"Bearer {API_KEY}")),
+        (("x-api-key", API_KEY), ("x-api-key", API_KEY)),
     ]
     seen = await trio.to_thread.run_sync(
         _calls,
@@ -111,8 +115,9 @@ async def test_the_gateway_refuses_two_different_keys(
         metadatas,
     )
     assert seen[:3] == [UNAUTHENTICATED] * 3
-    # The same key twice is one key; nothing was charged for the refused calls.
+    # Nothing was charged for the refused calls.
     assert seen[3].allowed and seen[3].remaining == 2
+    assert seen[4].allowed and seen[4].remaining == 1
     assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
 
 
@@ -126,8 +131,9 @@ async def test_the_control_plane_refuses_two_different_keys(
     address = await nursery.start(server.serve, "127.0.0.1", 0)
     metadatas = [
         (("x-api-key", ADMIN_KEY), ("x-api-key", "other-key")),
-        (("authorization", "Bearer other-key"), ("x-api-key", ADMIN_KEY)),
+        (("authorization", "Bearer other-key"), ("authorization", f"Bearer {ADMIN_KEY}")),
         (("x-api-key", ADMIN_KEY), ("x-api-key", ADMIN_KEY)),
+        (("authorization", "Bearer other-key"), ("x-api-key", ADMIN_KEY)),
     ]
     seen = await trio.to_thread.run_sync(
         _calls,
@@ -138,6 +144,6 @@ async def test_the_control_plane_refuses_two_different_keys(
         metadatas,
     )
     assert seen[:2] == [UNAUTHENTICATED] * 2
-    assert not seen[2].tenants
+    assert not seen[2].tenants and not seen[3].tenants
     # Refused as the caller's fault, not logged as the server's.
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
