@@ -19,6 +19,9 @@ from urllib.parse import quote
 
 import httpx
 
+from helios.errors import InvalidRequest
+from helios.jsonbody import unique_fields
+
 DEFAULT_URL = "http://127.0.0.1:8081"
 TIMEOUT_SECONDS = 10.0
 
@@ -212,9 +215,9 @@ def read_policy(path: str) -> dict[str, Any]:
         if suffix == ".toml":
             document: object = tomllib.loads(data.decode("utf-8"))
         else:
-            document = json.loads(data, object_pairs_hook=_once_each)
-    except _Repeated as repeated:
-        raise UsageError(f"{path}: field {repeated.args[0]!r} is given more than once") from None
+            document = json.loads(data, object_pairs_hook=unique_fields)
+    except InvalidRequest as error:  # a field given twice
+        raise UsageError(f"{path}: {error.message}") from None
     except (UnicodeDecodeError, tomllib.TOMLDecodeError, ValueError) as error:
         raise UsageError(f"{path} is not valid {suffix[1:].upper()}: {error}") from None
     if not isinstance(document, dict):
@@ -224,22 +227,6 @@ def read_policy(path: str) -> dict[str, Any]:
             f"{path} holds a policy file ([[policies]]); give one policy's fields"
             " (algorithm, limit, window, bands, ...) at the top level"
         )
-    return document
-
-
-class _Repeated(Exception):
-    """A JSON object gives one field twice (TOML refuses that itself)."""
-
-
-def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object whose fields are all different, as the control plane requires."""
-    document = dict(pairs)
-    if len(document) < len(pairs):
-        seen: set[str] = set()
-        for name, _ in pairs:
-            if name in seen:
-                raise _Repeated(name)
-            seen.add(name)
     return document
 
 

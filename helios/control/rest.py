@@ -49,6 +49,7 @@ from helios.errors import (
 )
 from helios.gateway.auth import KeyRing
 from helios.gateway.http_api import error_body
+from helios.jsonbody import parse_object
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
@@ -467,7 +468,7 @@ async def _body(fields: frozenset[str] | None, *, required: bool) -> dict[str, A
     data = await request.get_data(cache=False, as_text=False)
     if not data.strip() and not required:
         return {}
-    document = _parse_body(data if isinstance(data, bytes) else data.encode())
+    document = parse_object(data if isinstance(data, bytes) else data.encode())
     if fields is None:
         return document
     unknown = sorted(set(document) - fields)
@@ -477,31 +478,6 @@ async def _body(fields: frozenset[str] | None, *, required: bool) -> dict[str, A
             f" this body takes {', '.join(sorted(fields))}",
             field=unknown[0],
         )
-    return document
-
-
-def _parse_body(data: bytes) -> dict[str, Any]:
-    """The JSON object in a request body; errors name ``body``, or the field given twice."""
-    try:
-        document = json.loads(data, object_pairs_hook=_once_each)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidRequest("the request body is not valid JSON", field="body") from None
-    except RecursionError:
-        raise InvalidRequest("the request body nests too deeply", field="body") from None
-    if not isinstance(document, dict):
-        raise InvalidRequest("the request body must be a JSON object", field="body")
-    return document
-
-
-def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object whose fields are all different: of {"limit": 1, "limit": 2}, which counts?"""
-    document = dict(pairs)
-    if len(document) < len(pairs):
-        seen: set[str] = set()
-        for name, _ in pairs:
-            if name in seen:
-                raise InvalidRequest(f"field {name!r} is given more than once", field=name)
-            seen.add(name)
     return document
 
 

@@ -29,6 +29,7 @@ from helios.gateway.headers import structured_string, window_parameter
 from helios.gateway.metrics import GatewayMetrics
 from helios.gateway.service import Check, Gateway, Quota
 from helios.gateway.spans import DECISION_SPAN, note_batch, note_decision, note_quota
+from helios.jsonbody import parse_object
 from helios.server.http import Request, Response
 from helios.tracing import failed
 
@@ -517,36 +518,9 @@ def _known_fields(document: dict[str, object], known: tuple[str, ...], where: st
             )
 
 
-def _no_repeats(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    """A JSON object's members, refusing a name given twice (json.loads keeps the last)."""
-    document = dict(pairs)
-    if len(document) != len(pairs):
-        seen: set[str] = set()
-        for name, _ in pairs:
-            if name in seen:
-                raise InvalidRequest(f"{name} is given more than once", field=name)
-            seen.add(name)
-    return document
-
-
 def parse_json_object(body: bytes) -> dict[str, object]:
-    """The JSON object in a request body; errors say what is wrong with it."""
-    try:
-        document = json.loads(body, object_pairs_hook=_no_repeats)
-    except UnicodeDecodeError:
-        raise InvalidRequest("the request body is not valid JSON", field="body") from None
-    except ValueError as error:
-        if "integer string conversion" in str(error):
-            # Python refuses to read integers of thousands of digits.
-            raise InvalidRequest(
-                "the request body holds a number too long to read", field="body"
-            ) from None
-        raise InvalidRequest("the request body is not valid JSON", field="body") from None
-    except RecursionError:
-        raise InvalidRequest("the request body nests too deeply", field="body") from None
-    if not isinstance(document, dict):
-        raise InvalidRequest("the request body must be a JSON object", field="body")
-    return document
+    """The JSON object in a request body (see :func:`helios.jsonbody.parse_object`)."""
+    return parse_object(body)
 
 
 def _api_key(request: Request, params: dict[str, str]) -> str | None:
