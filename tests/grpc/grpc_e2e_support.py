@@ -47,6 +47,7 @@ __all__ = [
     "free_ports",
     "grpc_helios_fixture",
     "redis_fixture",
+    "redis_server",
     "stalled",
     "start_helios",
 ]
@@ -141,17 +142,24 @@ def grpc_helios_fixture(tmp_path: Path) -> Iterator[GrpcHeliosFactory]:
         assert_stopped_cleanly(helios, code)
 
 
-@pytest.fixture(name="redis")
-def redis_fixture(tmp_path: Path) -> Iterator[RedisServer]:
-    """One empty ``redis-server``, stopped (and continued first) at the end."""
+@contextlib.contextmanager
+def redis_server(directory: Path) -> Iterator[RedisServer]:
+    """One empty ``redis-server`` in ``directory``, stopped (and continued first) at the end."""
     require_redis_server()
-    server = start_server(tmp_path / "redis")
+    server = start_server(directory)
     try:
         yield server
     finally:
         if server.process is not None and server.process.poll() is None:
             os.kill(server.process.pid, signal.SIGCONT)
         server.stop()
+
+
+@pytest.fixture(name="redis")
+def redis_fixture(tmp_path: Path) -> Iterator[RedisServer]:
+    """One empty ``redis-server`` for a test (see :func:`redis_server`)."""
+    with redis_server(tmp_path / "redis") as server:
+        yield server
 
 
 @contextlib.contextmanager

@@ -12,9 +12,7 @@ for the next one (see ``clear_of_the_hour``).
 
 from __future__ import annotations
 
-import os
 import random
-import signal
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -26,12 +24,11 @@ from urllib.parse import unquote
 import purerpc
 import pytest
 import trio
-from grpc_e2e_support import RedisServer, stalled
+from grpc_e2e_support import RedisServer, redis_server, stalled
 from hypothesis import given
 from hypothesis import strategies as st
 from purerpc.grpclib.exceptions import RpcFailedError
 from purerpc.grpclib.status import StatusCode
-from redis_servers import require_redis_server, start_server
 
 from helios.backends.breaker import CircuitBreaker
 from helios.backends.memory import BucketTable
@@ -162,14 +159,8 @@ async def serve(
 
 @asynccontextmanager
 async def with_redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
-    require_redis_server()
-    server = start_server(tmp_path / "redis")
-    try:
+    with redis_server(tmp_path / "redis") as server:
         yield server
-    finally:
-        if server.process is not None and server.process.poll() is None:
-            os.kill(server.process.pid, signal.SIGCONT)
-        server.stop()
 
 
 @pytest.fixture(params=["fast", "strong"])

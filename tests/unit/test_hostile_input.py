@@ -15,6 +15,8 @@ from helios.server.http import HTTPServer
 from helios.store.policy_file import parse_policies
 from unit.support import (
     API_KEY,
+    HttpConnection,
+    HttpResponse,
     allow_target,
     make_gateway,
     make_server,
@@ -189,9 +191,9 @@ def test_a_mistyped_set_flag_never_repeats_its_value(capsys: pytest.CaptureFixtu
     assert "s3cret-value" not in capsys.readouterr().err
 
 
-async def _answer(conn: object, data: bytes) -> object:
-    await conn.send(data)  # type: ignore[attr-defined]
-    return await conn.read_response()  # type: ignore[attr-defined]
+async def _answer(conn: HttpConnection, data: bytes) -> HttpResponse:
+    await conn.send(data)
+    return await conn.read_response()
 
 
 @pytest.mark.parametrize(
@@ -211,7 +213,7 @@ async def test_a_json_check_with_unknown_or_repeated_fields_is_a_400_naming_them
     async with trio.open_nursery() as nursery:
         conn = open_connection(nursery, server)
         response = await _answer(conn, request_bytes("POST", "/api/v1/allow", body=body))
-        assert (response.status, response.json["field"]) == (400, field)  # type: ignore[attr-defined]
+        assert (response.status, response.json["field"]) == (400, field)
         assert await remaining(conn) == 10
         nursery.cancel_scope.cancel()
 
@@ -226,7 +228,7 @@ async def test_in_a_batch_an_unknown_field_answers_only_its_check() -> None:
             b' {"tenant": "acme", "resource": null}]}'
         )
         response = await _answer(conn, request_bytes("POST", "/api/v1/allow/batch", body=body))
-        first, second, third = response.json["results"]  # type: ignore[attr-defined]
+        first, second, third = response.json["results"]
         assert (first["status"], first["remaining"]) == (200, 7)
         assert (second["status"], second["field"]) == (400, "checks[1].kost")
         # null is a field left out: the resource "default".
@@ -234,7 +236,7 @@ async def test_in_a_batch_an_unknown_field_answers_only_its_check() -> None:
         response = await _answer(
             conn, request_bytes("POST", "/api/v1/allow/batch", body=b'{"checks": [], "x": 1}')
         )
-        assert (response.status, response.json["field"]) == (400, "x")  # type: ignore[attr-defined]
+        assert (response.status, response.json["field"]) == (400, "x")
         assert await remaining(conn) == 7
         nursery.cancel_scope.cancel()
 
@@ -249,8 +251,8 @@ async def test_a_key_header_sent_twice_with_different_keys_is_refused() -> None:
             for headers in ([(name, first), (name, value)], [(name, value), (name, first)]):
                 data = request_bytes("GET", target, headers=headers, api_key=None)
                 response = await _answer(conn, data)
-                assert response.status == 401  # type: ignore[attr-defined]
-                assert response.json == {  # type: ignore[attr-defined]
+                assert response.status == 401
+                assert response.json == {
                     "error": "the API key is given more than once",
                     "field": "api_key",
                 }
@@ -258,11 +260,11 @@ async def test_a_key_header_sent_twice_with_different_keys_is_refused() -> None:
             data = request_bytes(
                 "GET", target, headers=[(name, first), (name, first)], api_key=None
             )
-            assert (await _answer(conn, data)).status == 200  # type: ignore[attr-defined]
+            assert (await _answer(conn, data)).status == 200
         # X-API-Key wins over a Bearer token, which a proxy may pass on for another service.
         headers = [("authorization", "Bearer other-key"), ("x-api-key", API_KEY)]
         data = request_bytes("GET", target, headers=headers, api_key=None)
-        assert (await _answer(conn, data)).status == 200  # type: ignore[attr-defined]
+        assert (await _answer(conn, data)).status == 200
         assert await remaining(conn) == 7
         nursery.cancel_scope.cancel()
 
@@ -282,7 +284,7 @@ async def test_a_version_or_expectation_the_server_cannot_meet_is_refused(
         conn = open_connection(nursery, server)
         lines = [request_line, "host: helios.test", *(f"{n}: {v}" for n, v in headers)]
         response = await _answer(conn, ("\r\n".join(lines) + "\r\n\r\n").encode())
-        assert response.status == status  # type: ignore[attr-defined]
+        assert response.status == status
         assert await conn.closed_by_server()
         nursery.cancel_scope.cancel()
 
