@@ -98,6 +98,11 @@ DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 _INFLATE_WBITS = {"deflate": zlib.MAX_WBITS, "gzip": 16 + zlib.MAX_WBITS}
 ACCEPT_ENCODINGS = ("identity", "deflate", "gzip")
 
+# How many request messages of the largest size may be under way on one
+# connection at once, not yet complete: what a connection may hold is bounded
+# by this many times grpc.max_message_bytes.
+UNFINISHED_MESSAGES_PER_CONNECTION = 4
+
 # The route of a call to a method no service here serves: one label value,
 # however many names clients make up.
 UNKNOWN_ROUTE = "unknown"
@@ -145,6 +150,11 @@ class _MessageReader:
     """
 
     __slots__ = ("_buffer", "_encoding", "_max_bytes", "refused", "unacknowledged")
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held of a message that has not all arrived."""
+        return len(self._buffer)
 
     def __init__(self, encoding: str | None, max_bytes: int) -> None:
         self._encoding = encoding
@@ -321,6 +331,12 @@ class _Connection(GRPCConnection):  # type: ignore[misc]
 
     def __init__(self, config: GRPCConfiguration, max_message_bytes: int) -> None:
         super().__init__(config)
+        # Bytes held across the connection's streams, of messages not all
+        # arrived yet, and the most it may hold: each stream's message is
+        # bounded, but a client could open many streams and leave each one's
+        # message unfinished.
+        self.buffered_bytes = 0
+        self.max_buffered_bytes = UNFINISHED_MESSAGES_PER_CONNECTION * (max_message_bytes + 5)
         # h2's connection as purerpc sets it up, of Helios's class.
         self.h2_connection = _H2Connection(
             H2Configuration(client_side=False, header_encoding="utf-8")
@@ -358,11 +374,23 @@ class _Connection(GRPCConnection):  # type: ignore[misc]
             # The stream was refused or answered early: drop its data.
             self.h2_connection.acknowledge_received_data(event.flow_controlled_length, stream_id)
             return []
+        before = reader.buffered
         try:
             messages = reader.feed(event.data, event.flow_controlled_length)
         except RpcFailedError as error:
+            self.buffered_bytes -= before
             self.h2_connection.acknowledge_received_data(reader.refuse(), stream_id)
             return [_Refused(stream_id, error.status)]
+        self.buffered_bytes += reader.buffered - before
+        if self.buffered_bytes > self.max_buffered_bytes:
+            self.buffered_bytes -= reader.buffered
+            self.h2_connection.acknowledge_received_data(reader.refuse(), stream_id)
+            status = Status(
+                StatusCode.RESOURCE_EXHAUSTED,
+                f"the connection holds more than {self.max_buffered_bytes} bytes of request"
+                " messages not yet complete; send fewer large messages at once",
+            )
+            return [_Refused(stream_id, status)]
         if not messages:
             return []
         # The stream hands the flow-controlled bytes back as it reads its
@@ -373,13 +401,27 @@ class _Connection(GRPCConnection):  # type: ignore[misc]
         return events
 
     def _stream_reset(self, event: Any) -> list[Any]:
-        stream_id = event.stream_id
+        self.forget_reader(event.stream_id)
+        return [_Reset(event.stream_id)]
+
+    def _stream_ended(self, event: Any) -> list[Any]:
+        reader = self.message_read_buffers.get(event.stream_id)
+        if reader is not None and reader.buffered:
+            # The client ended the stream in the middle of a message.
+            self.buffered_bytes -= reader.buffered
+            self.h2_connection.acknowledge_received_data(reader.refuse(), event.stream_id)
+        return super()._stream_ended(event)  # type: ignore[no-any-return]
+
+    def forget_reader(self, stream_id: int) -> None:
+        """Drop a stream's reader: what it holds no longer counts, and is acknowledged."""
         reader = self.message_read_buffers.pop(stream_id, None)
-        if reader is not None and reader.unacknowledged:
+        if reader is None:
+            return
+        self.buffered_bytes -= reader.buffered
+        if reader.unacknowledged:
             # The start of a message that will never be read: its bytes
             # still count against the connection's window.
             self.h2_connection.acknowledge_received_data(reader.refuse(), stream_id)
-        return [_Reset(stream_id)]
 
     def _trailers_received(self, event: Any) -> list[Any]:
         # A gRPC request has no trailers; purerpc would parse them as a
@@ -425,7 +467,7 @@ class _StrictStream(GRPCProtoStream):  # type: ignore[misc]
             # an unknown method): ask it to stop, as HTTP/2 allows after a
             # complete response (RFC 9113, section 8.1).
             self._grpc_connection.reset_stream(self._stream_id, ErrorCodes.NO_ERROR)
-            self._grpc_connection.message_read_buffers.pop(self._stream_id, None)
+            self._grpc_connection.forget_reader(self._stream_id)
             self._forget()
             await self._socket.flush()
 

@@ -381,6 +381,33 @@ class RawClient:
         self.socket.sendall(data)
         return self._answer(stream_id, until_reset=not end)
 
+    def start_unfinished(self, announced: int, sent: int) -> int:
+        """Open a call whose message announces ``announced`` bytes and send ``sent`` of them.
+
+        The stream stays open, its message unfinished; returns its id.
+        """
+        stream_id = self.h2.get_next_available_stream_id()
+        request = [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", ALLOW),
+            (":authority", "helios"),
+            ("te", "trailers"),
+            ("content-type", "application/grpc"),
+            ("x-api-key", KEY[0][1]),
+        ]
+        self.h2.send_headers(stream_id, request)
+        data = struct.pack(">?I", False, announced) + b"\0" * sent
+        step = self.h2.max_outbound_frame_size
+        for start in range(0, len(data), step):
+            self.h2.send_data(stream_id, data[start : start + step])
+        self.socket.sendall(self.h2.data_to_send())
+        return stream_id
+
+    def answer_of(self, stream_id: int) -> Answer:
+        """The answer on a stream the server ends with a reset."""
+        return self._answer(stream_id, until_reset=True)
+
     def _answer(self, stream_id: int, *, until_reset: bool) -> Answer:
         answer = Answer()
         while True:
@@ -533,4 +560,31 @@ async def test_a_malformed_request_resets_its_own_stream(
     # (and kept its header table: each block was read, malformed or not);
     # nothing was charged before the plain call.
     assert _decision(plain).remaining == 999999
+    assert not _warnings(helios)
+
+
+def _unfinished_session(raw: RawClient, limit: int) -> tuple[Answer, Answer]:
+    # The first call reads the server's settings (its windows and frame size).
+    raw.call(frame(_allow().SerializeToString()))
+    # Four unfinished messages of nearly the bound fit; a fifth is too many.
+    for _ in range(4):
+        raw.start_unfinished(limit, limit - 100)
+    refused = raw.answer_of(raw.start_unfinished(limit, limit - 100))
+    return refused, raw.call(frame(_allow().SerializeToString()))
+
+
+async def test_a_connection_holds_a_bounded_amount_of_unfinished_messages(
+    grpc_helios: GrpcHeliosFactory,
+) -> None:
+    limit = 64 * 1024
+    helios = grpc_helios(POLICIES, settings={"HELIOS_GRPC_MAX_MESSAGE_BYTES": str(limit)})
+    client = RawClient(helios.target)
+    try:
+        refused, plain = await trio.to_thread.run_sync(_unfinished_session, client, limit)
+    finally:
+        client.close()
+    assert refused.status == 8  # RESOURCE_EXHAUSTED
+    assert "request messages not yet complete" in refused.message
+    # The connection and its other calls carry on.
+    assert _decision(plain).remaining == 999998
     assert not _warnings(helios)
